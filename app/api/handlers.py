@@ -1,0 +1,96 @@
+"""The one place where domain errors become HTTP responses."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import errors
+
+logger = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[errors.FaceRecError], int] = {
+    errors.InvalidImage: 400,
+    errors.ImageTooLarge: 413,
+    errors.UnsupportedImageType: 415,
+    errors.NoFaceDetected: 422,
+    errors.MultipleFaces: 422,
+    errors.FaceTooSmall: 422,
+    errors.LowDetectionScore: 422,
+    errors.InvalidRequest: 422,
+    errors.SubjectNotFound: 404,
+    errors.FaceNotFound: 404,
+    errors.GalleryModelMismatch: 409,
+}
+
+
+def status_for(error: errors.FaceRecError) -> int:
+    for kind in type(error).__mro__:
+        if kind in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[kind]
+    return 500
+
+
+def _json_safe(value: object) -> object:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def error_body(
+    code: str, message: str, details: dict[str, object] | None = None
+) -> dict[str, object]:
+    body: dict[str, object] = {"code": code, "message": message}
+    if details:
+        body["details"] = _json_safe(details)
+    return body
+
+
+async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, errors.FaceRecError)
+    status = status_for(exc)
+    if status >= 500:
+        logger.error("internal domain error %s: %s", exc.code, exc.message)
+        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+    return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=status)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        {"field": ".".join(str(part) for part in error["loc"]), "problem": error["msg"]}
+        for error in exc.errors()
+    ]
+    summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
+    return JSONResponse(
+        error_body("invalid_request", f"invalid request: {summary}", {"errors": problems}),
+        status_code=422,
+    )
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(
+        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(errors.FaceRecError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

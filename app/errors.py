@@ -1,0 +1,109 @@
+"""Domain errors with stable, machine-readable codes.
+
+The core raises these; only the HTTP edge (``app.api.handlers``) knows which
+status code each one maps to. The ``code`` strings are part of the public API:
+never rename one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class FaceRecError(Exception):
+    """Base class of every error the service reports to a client."""
+
+    code: ClassVar[str] = "facerec_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+# --- bad input: the image itself -------------------------------------------------
+
+
+class InvalidImage(FaceRecError):
+    """The bytes are not a decodable image (empty, truncated, corrupt)."""
+
+    code = "undecodable_image"
+
+
+class UnsupportedImageType(FaceRecError):
+    """The bytes are an image, but of a format the service does not accept."""
+
+    code = "unsupported_media_type"
+
+
+class ImageTooLarge(FaceRecError):
+    """Too many bytes or too many pixels (decompression bombs included)."""
+
+    code = "image_too_large"
+
+
+# --- bad input: the faces in it --------------------------------------------------
+
+
+class NoFaceDetected(FaceRecError):
+    code = "no_face"
+
+
+class MultipleFaces(FaceRecError):
+    code = "multiple_faces"
+
+
+class FaceTooSmall(FaceRecError):
+    code = "face_too_small"
+
+
+class LowDetectionScore(FaceRecError):
+    code = "low_det_score"
+
+
+class InvalidRequest(FaceRecError):
+    """A well-formed request whose values are not acceptable (names, ranges)."""
+
+    code = "invalid_request"
+
+
+# --- gallery ------------------------------------------------------------------------
+
+
+class SubjectNotFound(FaceRecError):
+    code = "subject_not_found"
+
+
+class FaceNotFound(FaceRecError):
+    code = "face_not_found"
+
+
+class GalleryModelMismatch(FaceRecError):
+    """The gallery holds embeddings of a different recognizer than the one loaded."""
+
+    code = "gallery_model_mismatch"
+
+
+class GalleryUnavailable(FaceRecError):
+    """The gallery on disk cannot be opened: newer schema, not a gallery, damaged, or in use."""
+
+    code = "gallery_unavailable"
+
+
+# --- models (start-up) --------------------------------------------------------------
+
+
+class ModelError(FaceRecError):
+    code = "model_error"
+
+
+class ManifestInvalid(ModelError):
+    code = "manifest_invalid"
+
+
+class ModelNotFound(ModelError):
+    code = "model_not_found"
+
+
+class ModelChecksumMismatch(ModelError):
+    code = "model_checksum_mismatch"

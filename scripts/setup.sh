@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Create .venv and install facerec. Usage: scripts/setup.sh [cpu|gpu] [test]
+#   cpu/gpu: which onnxruntime build (never both: they overwrite each other)
+#   test:    also the test tools and the insightface reference oracle
+set -euo pipefail
+cd "$(dirname "$0")/.."
+flavour="${1:-cpu}"
+python="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+extras="$flavour"
+[ "${2:-}" = "test" ] && extras="$extras,test"
+python -m pip install --quiet -e ".[$extras]"
+if [ "${2:-}" = "test" ]; then
+  # insightface is a reference oracle for parity tests and benchmarks only. Its
+  # wheel pins opencv-python and onnxruntime, which would put a second OpenCV
+  # (and, on GPU machines, a second onnxruntime) beside ours: install it alone.
+  python -m pip install --quiet --no-deps "insightface==2.1"
+fi
+python - <<'PY'
+import importlib.metadata as md
+names = {d.metadata["Name"].lower() for d in md.distributions()}
+both = {"onnxruntime", "onnxruntime-gpu"} <= names
+cv = {"opencv-python", "opencv-python-headless"} <= names
+if both or cv:
+    raise SystemExit(f"conflicting packages installed: onnxruntime both={both} opencv both={cv}")
+PY
