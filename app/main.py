@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import anyio
+import faiss
 from fastapi import FastAPI
 
 from app.api import gallery as gallery_routes
@@ -39,10 +40,11 @@ class Runtime:
 
 
 def build_runtime(settings: Settings) -> Runtime:
-    options = RuntimeOptions(
-        providers=tuple(settings.providers),
-        intra_op_threads=settings.resolved_intra_op_threads(),
-    )
+    threads = settings.resolved_intra_op_threads()
+    options = RuntimeOptions(providers=tuple(settings.providers), intra_op_threads=threads)
+    # FAISS searches run inside the same bounded workers as inference: give them
+    # the same share of cores instead of one OpenMP thread per core each.
+    faiss.omp_set_num_threads(threads)
     detector, recognizer = (
         load_model(
             ref,

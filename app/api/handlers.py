@@ -25,6 +25,7 @@ STATUS_BY_ERROR: dict[type[errors.FaceRecError], int] = {
     errors.SubjectNotFound: 404,
     errors.FaceNotFound: 404,
     errors.GalleryModelMismatch: 409,
+    errors.GalleryUnavailable: 503,
 }
 
 
