@@ -26,19 +26,25 @@ class ArcFaceEmbedder:
         self._session = session
         self._input_name = manifest.input.name
         self._max_batch = manifest.input.max_batch
+        self._flip = manifest.augment.flip
         self._mean = np.asarray(manifest.preprocess.mean, dtype=np.float32)
         self._std = np.asarray(manifest.preprocess.std, dtype=np.float32)
         self._bgr = manifest.preprocess.color_order == "BGR"
 
     def embed(self, aligned_faces: ImageArray) -> FloatArray:
         """(N, H, W, 3) uint8 RGB crops -> (N, dim) unit-norm float32 embeddings."""
-        if aligned_faces.shape[0] == 0:
+        count = aligned_faces.shape[0]
+        if count == 0:
             return np.empty((0, self.dim), dtype=np.float32)
+        if self._flip:
+            aligned_faces = np.concatenate([aligned_faces, aligned_faces[:, :, ::-1]])
         chunks = [
             self._run(aligned_faces[start : start + self._max_batch])
             for start in range(0, aligned_faces.shape[0], self._max_batch)
         ]
         embeddings = np.concatenate(chunks)
+        if self._flip:
+            embeddings = embeddings[:count] + embeddings[count:]
         if embeddings.shape[1] != self.dim:
             raise ModelError(
                 f"{self.manifest.name}: manifest says dim {self.dim}, model gives "

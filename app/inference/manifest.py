@@ -76,6 +76,13 @@ class ImportSteps(_Frozen):
     fix_dynamic_shapes: bool = True
 
 
+class Augment(_Frozen):
+    """Test-time augmentation; part of the embedding space (see ``model_id``)."""
+
+    # Embedding = normalised sum of the embeddings of the crop and its mirror image.
+    flip: bool = False
+
+
 class Source(_Frozen):
     url: str | None = None
     archive_sha256: str | None = None
@@ -95,6 +102,7 @@ class ModelManifest(_Frozen):
     embedding_dim: int | None = Field(None, gt=0)
     thresholds: Thresholds | None = None
     import_steps: ImportSteps = ImportSteps()
+    augment: Augment = Augment()
     licence: str
     source: Source = Source()
     base_model: str | None = None
@@ -117,6 +125,7 @@ class ModelManifest(_Frozen):
     def model_id(self) -> str:
         """Identity of the embedding space: name, file hash and import steps."""
         suffix = "+dq" if self.import_steps.dequantize else ""
+        suffix += "+flip" if self.augment.flip else ""
         return f"{self.name}@{self.sha256[:16]}{suffix}"
 
 

@@ -1,0 +1,218 @@
+"""The ``facerec`` command: serve the API; list, fetch and verify models.
+
+A composition root: it reads the environment (through ``Settings``, plus
+``FACEREC_MODELS_URL_BASE`` for mirrors) and hands plain values to the library.
+Exit codes: 0 success, 1 a domain error (one line on stderr), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from app.config import Settings
+from app.errors import FaceRecError, ModelChecksumMismatch, ModelNotFound
+from app.inference.catalog import (
+    ModelPack,
+    list_manifests,
+    list_packs,
+    pack_of,
+    resolve_manifest,
+    resolve_pack,
+)
+from app.inference.fetch import archive_url, fetch_pack
+from app.inference.manifest import ModelManifest, file_sha256, resolve_model_file
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+# 128 + SIGINT, what a shell reports for Ctrl-C.
+EXIT_INTERRUPTED = 130
+URL_BASE_ENV = "FACEREC_MODELS_URL_BASE"
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.handler(args)
+    except FaceRecError as exc:
+        return _fail(exc.message)
+    except ValidationError as exc:
+        return _fail(f"invalid FACEREC_* configuration: {exc}")
+    except OSError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted", status=EXIT_INTERRUPTED)
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facerec", description="Face recognition service: serve the API, manage models."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP API (one uvicorn worker)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", choices=_LOG_LEVELS, help="default: FACEREC_LOG_LEVEL")
+    serve.set_defaults(handler=_serve)
+
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument(
+        "--dir", type=Path, help="models directory (default: FACEREC_MODELS_DIR or models-data)"
+    )
+    where.add_argument(
+        "--catalog", type=Path, help="catalog directory (default: FACEREC_CATALOG_DIR or models/)"
+    )
+    models = commands.add_parser("models", help="list, fetch and verify model files")
+    actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    listing = actions.add_parser("list", parents=[where], help="catalog models and their files")
+    listing.set_defaults(handler=_list)
+
+    fetch = actions.add_parser("fetch", parents=[where], help="download and install a pack")
+    fetch.add_argument("name", metavar="NAME", help="pack name, model name, or pack JSON path")
+    fetch.add_argument("--url", help=f"archive URL (default: pack URL, or {URL_BASE_ENV} + name)")
+    fetch.add_argument(
+        "--allow-unpinned", action="store_true", help="install files that have no pinned sha256"
+    )
+    fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fetch.set_defaults(handler=_fetch)
+
+    verify = actions.add_parser("verify", parents=[where], help="check sha256 of present files")
+    verify.set_defaults(handler=_verify)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    log_level = args.log_level or Settings().log_level.lower()
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=1,
+        log_level=log_level,
+    )
+    return EXIT_OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    models_dir, catalog_dir = _locations(args)
+    rows = [("NAME", "KIND", "STATUS", "FILE")]
+    for name in list_manifests(catalog_dir):
+        manifest, manifest_path = resolve_manifest(name, catalog_dir)
+        status = _file_status(manifest, manifest_path, models_dir)
+        pack = pack_of(manifest, catalog_dir)
+        hint = f"  (facerec models fetch {pack})" if status == "missing" and pack else ""
+        rows.append((name, manifest.kind, status, manifest.file + hint))
+    _print_table(rows)
+    print(f"\nmodels directory: {models_dir.resolve()}")
+    print(f"packs: {', '.join(list_packs(catalog_dir)) or '(none)'}")
+    return EXIT_OK
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    models_dir, catalog_dir = _locations(args)
+    pack = _pack_for(args.name, catalog_dir)
+    url_base = os.environ.get(URL_BASE_ENV) or None
+    url = archive_url(pack, url_override=args.url, url_base=url_base)
+    progress = not args.no_progress and sys.stderr.isatty()
+    result = fetch_pack(
+        pack, models_dir, url_override=url, progress=progress, allow_unpinned=args.allow_unpinned
+    )
+    state = "installed from " + url if result.downloaded else "already installed and verified"
+    print(f"{pack.name}: {state}")
+    for installed in result.files:
+        print(f"  {installed.path}  sha256 {installed.sha256}")
+    print(f"licence: {pack.licence}")
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    models_dir, catalog_dir = _locations(args)
+    names = list(list_manifests(catalog_dir))
+    width = max((len(name) for name in names), default=0)
+    counts = {"ok": 0, "missing": 0, "failed": 0}
+    for name in names:
+        manifest, manifest_path = resolve_manifest(name, catalog_dir)
+        label = name.ljust(width)
+        try:
+            path = resolve_model_file(manifest, [manifest_path.parent, models_dir])
+        except ModelNotFound:
+            counts["missing"] += 1
+            print(f"missing   {label}  {manifest.file}")
+            continue
+        except ModelChecksumMismatch as exc:
+            counts["failed"] += 1
+            print(f"MISMATCH  {label}  {exc.message}")
+            continue
+        counts["ok"] += 1
+        print(f"ok        {label}  {path}  sha256 {file_sha256(path)}")
+    print(f"{counts['ok']} verified, {counts['missing']} missing, {counts['failed']} failed")
+    if counts["failed"]:
+        return _fail(f"{counts['failed']} model file(s) do not match their manifest sha256")
+    return EXIT_OK
+
+
+def _locations(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """Models and catalog directories: command-line options first, then FACEREC_*."""
+    if args.dir is not None and args.catalog is not None:
+        return args.dir, args.catalog
+    settings = Settings()
+    models_dir = args.dir if args.dir is not None else settings.models_dir
+    catalog_dir = args.catalog if args.catalog is not None else settings.catalog_dir
+    return models_dir, catalog_dir
+
+
+def _pack_for(ref: str, catalog_dir: Path | None) -> ModelPack:
+    """The pack ``ref`` names directly, or the pack that installs the model ``ref`` names."""
+    manifests = list_manifests(catalog_dir)
+    if ref in manifests and ref not in list_packs(catalog_dir):
+        manifest, _ = resolve_manifest(ref, catalog_dir)
+        pack_name = pack_of(manifest, catalog_dir)
+        if pack_name is None:
+            raise ModelNotFound(
+                f"model {ref!r} comes in no downloadable pack; put its file {manifest.file!r} "
+                "in the models directory (FACEREC_MODELS_DIR) yourself",
+                name=ref,
+            )
+        ref = pack_name
+    pack, _ = resolve_pack(ref, catalog_dir)
+    return pack
+
+
+def _file_status(manifest: ModelManifest, manifest_path: Path, models_dir: Path) -> str:
+    try:
+        resolve_model_file(manifest, [manifest_path.parent, models_dir])
+    except ModelNotFound:
+        return "missing"
+    except ModelChecksumMismatch:
+        return "MISMATCH"
+    return "ok"
+
+
+def _print_table(rows: list[tuple[str, str, str, str]]) -> None:
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[3]]))
+
+
+def _fail(message: str, *, status: int = EXIT_ERROR) -> int:
+    """One line on stderr: multi-line messages (validation errors) are joined."""
+    one_line = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"facerec: error: {one_line}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
