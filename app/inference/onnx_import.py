@@ -145,7 +145,12 @@ def _remove_dead_nodes(graph: onnx.GraphProto) -> None:
 
 
 def make_batch_dims_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Make the leading dimension of every graph output symbolic (in place)."""
+    """Make the leading dimension of every graph output symbolic (in place).
+
+    Intermediate shapes recorded at export (``value_info``) are dropped too:
+    onnxruntime would otherwise carry their traced batch size into the outputs.
+    """
+    del model.graph.value_info[:]
     for output in model.graph.output:
         dims = output.type.tensor_type.shape.dim
         if dims:

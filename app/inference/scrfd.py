@@ -209,24 +209,35 @@ class ScrfdDetector:
         ]
 
     def _detect_closeup(self, image: ImageArray) -> list[Detection]:
-        """Second pass for close-ups: the photo centred on a larger zero canvas."""
+        """Second pass for close-ups: the photo centred on a larger zero canvas.
+
+        The photo is first shrunk so that the canvas is no larger than the
+        network input: a large photo without faces costs no extra memory.
+        """
         height, width = image.shape[:2]
+        long_side = max(height, width)
+        shrink = min(1.0, self._input.max_side / (long_side * CLOSEUP_CANVAS_FACTOR))
+        if shrink < 1.0:
+            size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            height, width = image.shape[:2]
         side = int(max(height, width) * CLOSEUP_CANVAS_FACTOR)
         top, left = (side - height) // 2, (side - width) // 2
         canvas = np.zeros((side, side, 3), dtype=np.uint8)
         canvas[top : top + height, left : left + width] = image
         found = self._detect_at(canvas, choose_input_size(side, side, self._input))
         shift = np.array([left, top], dtype=np.float32)
+        # Back to the original photo: undo the padding, then the shrink.
         return [
             Detection(
                 bbox=(
-                    d.bbox[0] - left,
-                    d.bbox[1] - top,
-                    d.bbox[2] - left,
-                    d.bbox[3] - top,
+                    (d.bbox[0] - left) / shrink,
+                    (d.bbox[1] - top) / shrink,
+                    (d.bbox[2] - left) / shrink,
+                    (d.bbox[3] - top) / shrink,
                 ),
                 score=d.score,
-                landmarks=d.landmarks - shift,
+                landmarks=(d.landmarks - shift) / shrink,
             )
             for d in found
         ]
