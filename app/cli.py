@@ -8,6 +8,7 @@ Exit codes: 0 success, 1 a domain error (one line on stderr), 2 a usage error.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.handler(args)
     except FaceRecError as exc:
-        return _fail(exc.message)
+        return _fail(f"[{exc.code}] {exc.message}")
     except ValidationError as exc:
         return _fail(f"invalid FACEREC_* configuration: {exc}")
     except OSError as exc:
@@ -93,10 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    log_level = args.log_level or Settings().log_level.lower()
+    from app.main import build_runtime, create_app
+
+    settings = Settings()
+    log_level = args.log_level or settings.log_level.lower()
+    logging.basicConfig(level=log_level.upper())
+    # Load models and open the gallery before the server starts, so that a bad
+    # configuration ends here with one line on stderr and exit status 1.
+    runtime = build_runtime(settings)
     uvicorn.run(
-        "app.main:create_app",
-        factory=True,
+        create_app(settings, runtime=runtime),
         host=args.host,
         port=args.port,
         workers=1,

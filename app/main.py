@@ -90,26 +90,33 @@ def build_runtime(settings: Settings) -> Runtime:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The ASGI app. Nothing heavy happens before the lifespan starts."""
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
+    """The ASGI app. Nothing heavy happens before the lifespan starts.
+
+    ``runtime`` lets a caller that already built one (the CLI, to fail fast with
+    a clear message) hand it over; otherwise the lifespan builds it.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        resolved = settings or Settings()
-        logging.basicConfig(level=resolved.log_level.upper())
-        runtime = await anyio.to_thread.run_sync(build_runtime, resolved)
-        app.state.runtime = runtime
+        if runtime is None:
+            resolved = settings or Settings()
+            logging.basicConfig(level=resolved.log_level.upper())
+            app.state.runtime = await anyio.to_thread.run_sync(build_runtime, resolved)
+        else:
+            app.state.runtime = runtime
+        current: Runtime = app.state.runtime
         logger.info(
             "ready: detector=%s recognizer=%s threshold=%.3f gallery=%d faces",
-            runtime.detector.manifest.model_id,
-            runtime.recognizer.manifest.model_id,
-            runtime.service.threshold,
-            runtime.service.gallery.total_faces(),
+            current.detector.manifest.model_id,
+            current.recognizer.manifest.model_id,
+            current.service.threshold,
+            current.service.gallery.total_faces(),
         )
         try:
             yield
         finally:
-            runtime.service.gallery.close()
+            current.service.gallery.close()
 
     app = FastAPI(
         title="facerec",

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from app.config import Settings
 from app.main import create_app
@@ -54,3 +58,87 @@ def client(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def collection() -> str:
     """A fresh collection name: tests sharing one app never see each other's subjects."""
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+# --- HTTP API helpers (tests/api) ---------------------------------------------------------
+
+# An upload: a photo on disk, or (file name, bytes) made by the test.
+Upload = Path | tuple[str, bytes]
+ClientFactory = Callable[..., TestClient]
+LfwPhoto = Callable[[str, int], Path]
+Enroll = Callable[..., httpx.Response]
+Identify = Callable[..., httpx.Response]
+
+
+def as_file(upload: Upload) -> tuple[str, bytes]:
+    if isinstance(upload, Path):
+        return upload.name, upload.read_bytes()
+    return upload
+
+
+@pytest.fixture(scope="session")
+def lfw_photo(data_root: Path) -> LfwPhoto:
+    """``lfw_photo("George_W_Bush", 7)``: the path of LFW's George_W_Bush_0007.jpg."""
+
+    def path(name: str, number: int) -> Path:
+        photo = data_root / "lfw" / "images" / name / f"{name}_{number:04d}.jpg"
+        assert photo.is_file(), f"{photo} is missing from the shared data"
+        return photo
+
+    return path
+
+
+@pytest.fixture(scope="module")
+def build_client(
+    models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ClientFactory]:
+    """``build_client(**settings)``: another started app (own tmp gallery) with Settings
+    overrides such as small limits or strict gates; closed when the module ends."""
+    with ExitStack() as clients:
+
+        def build(**overrides: object) -> TestClient:
+            data_dir = tmp_path_factory.mktemp("gallery")
+            app = create_app(make_settings(models_dir, data_dir, **overrides))
+            return clients.enter_context(TestClient(app))
+
+        yield build
+
+
+@pytest.fixture(scope="session")
+def enroll() -> Enroll:
+    """``enroll(client, collection, subject, *uploads, **form)``: POST /enroll."""
+
+    def post(
+        client: TestClient, collection: str, subject: str, *uploads: Upload, **form: str
+    ) -> httpx.Response:
+        return client.post(
+            "/enroll",
+            params={"collection": collection},
+            data={"subject": subject, **form},
+            files=[("images", as_file(upload)) for upload in uploads],
+        )
+
+    return post
+
+
+@pytest.fixture(scope="session")
+def identify() -> Identify:
+    """``identify(client, collection, upload, **form)``: POST /identify."""
+
+    def post(client: TestClient, collection: str, upload: Upload, **form: str) -> httpx.Response:
+        return client.post(
+            "/identify",
+            params={"collection": collection},
+            data=form,
+            files={"image": as_file(upload)},
+        )
+
+    return post
+
+
+@pytest.fixture(scope="session")
+def grey_png() -> bytes:
+    """A plain grey 320x240 PNG: a valid image without any face."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (320, 240), (128, 128, 128)).save(buffer, format="PNG")
+    return buffer.getvalue()

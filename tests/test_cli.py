@@ -306,26 +306,17 @@ def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
     assert "usage: facerec" in result.stderr
 
 
-def test_serve_runs_one_uvicorn_worker_on_the_app_factory(
+def test_serve_with_missing_models_exits_1_with_one_line(
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import uvicorn
+    monkeypatch.setenv("FACEREC_MODELS_DIR", str(tmp_path / "nothing-here"))
+    monkeypatch.setenv("FACEREC_DATA_DIR", str(tmp_path / "gallery"))
 
-    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.append((args, kwargs)))
+    status = cli.main(["serve", "--port", "9001"])
 
-    status = cli.main(["serve", "--port", "9001", "--log-level", "warning"])
-
-    assert status == 0
-    assert calls == [
-        (
-            ("app.main:create_app",),
-            {
-                "factory": True,
-                "host": "127.0.0.1",
-                "port": 9001,
-                "workers": 1,
-                "log_level": "warning",
-            },
-        )
-    ]
+    error_lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 1
+    assert len(error_lines) == 1
+    assert error_lines[0].startswith("facerec: error: [model_not_found]")

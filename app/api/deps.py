@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
@@ -20,8 +21,10 @@ T = TypeVar("T")
 # Collections are namespaces that may become file or metric names: keep them tame.
 _COLLECTION = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 # Subjects are people's names in any script; they appear in URL paths, so no
-# slashes, and no control characters.
-_SUBJECT_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f/\\]")
+# slashes; and they get printed, so no control characters (C0, C1) and no
+# line or paragraph separators.
+_SUBJECT_FORBIDDEN = re.compile(r"[/\\]")
+_SUBJECT_FORBIDDEN_CATEGORIES = {"Cc", "Zl", "Zp"}
 SUBJECT_MAX_LENGTH = 128
 
 
@@ -44,7 +47,9 @@ def validate_subject(subject: str) -> str:
         raise InvalidRequest(
             f"subject must be 1 to {SUBJECT_MAX_LENGTH} characters and not '.' or '..'",
         )
-    if _SUBJECT_FORBIDDEN.search(name):
+    if _SUBJECT_FORBIDDEN.search(name) or any(
+        unicodedata.category(char) in _SUBJECT_FORBIDDEN_CATEGORIES for char in name
+    ):
         raise InvalidRequest("subject must not contain '/', '\\' or control characters")
     return name
 
@@ -54,7 +59,7 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
     data = await upload.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ImageTooLarge(
-            f"{upload.filename or 'image'} is larger than {max_bytes} bytes", limit=max_bytes
+            f"{upload.filename or 'image'} is larger than {max_bytes} bytes", max_bytes=max_bytes
         )
     return data
 

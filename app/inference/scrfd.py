@@ -219,7 +219,7 @@ class ScrfdDetector:
         shrink = min(1.0, self._input.max_side / (long_side * CLOSEUP_CANVAS_FACTOR))
         if shrink < 1.0:
             size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            image = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), np.uint8)
             height, width = image.shape[:2]
         side = int(max(height, width) * CLOSEUP_CANVAS_FACTOR)
         top, left = (side - height) // 2, (side - width) // 2

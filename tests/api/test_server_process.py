@@ -1,0 +1,312 @@
+"""The real server process (`python -m app.cli serve`): durability across kill -9, refusing a
+gallery of another recognizer, and concurrent requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.inference.catalog import resolve_manifest
+from app.main import create_app
+
+if TYPE_CHECKING:
+    from conftest import LfwPhoto
+
+REPO = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S = 60.0
+COLLECTION = "office"
+# (subject, LFW person, photos enrolled, another photo of them to identify)
+PEOPLE = [
+    ("George W. Bush", "George_W_Bush", (7, 16), 65),
+    ("Donald Rumsfeld", "Donald_Rumsfeld", (39,), 51),
+    ("Gerhard Schröder", "Gerhard_Schroeder", (5,), 25),
+    ("Jacques Chirac", "Jacques_Chirac", (2,), 19),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def server_environment(models_dir: Path, data_dir: Path, **settings: str) -> dict[str, str]:
+    """The parent's environment without its FACEREC_* settings, plus the given ones."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
+    environment.update(
+        FACEREC_MODELS_DIR=str(models_dir),
+        FACEREC_DATA_DIR=str(data_dir),
+        FACEREC_LOG_LEVEL="WARNING",
+        **{f"FACEREC_{name.upper()}": value for name, value in settings.items()},
+    )
+    return environment
+
+
+def serve_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
+
+
+class Server:
+    """One `facerec serve` child process on a free port, its output in a log file."""
+
+    def __init__(self, environment: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                serve_command(self.port),
+                cwd=REPO,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{self.log()}")
+
+    def kill_9(self) -> None:
+        self.process.kill()
+        assert self.process.wait(timeout=10) == -signal.SIGKILL
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+StartServer = Callable[..., Server]
+
+
+@pytest.fixture
+def start_server(models_dir: Path, tmp_path: Path) -> Iterator[StartServer]:
+    """``start_server(data_dir, **settings)``: a ready server; every one is stopped at the end."""
+    servers: list[Server] = []
+
+    def start(data_dir: Path, **settings: str) -> Server:
+        log_path = tmp_path / f"server-{len(servers)}.log"
+        server = Server(server_environment(models_dir, data_dir, **settings), log_path)
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def upload(photo: Path) -> tuple[str, tuple[str, bytes]]:
+    return "images", (photo.name, photo.read_bytes())
+
+
+def identify_one(http: httpx.Client, photo: Path) -> dict[str, Any]:
+    response = http.post(
+        "/identify",
+        params={"collection": COLLECTION},
+        files={"image": (photo.name, photo.read_bytes())},
+    )
+    assert response.status_code == 200, response.text
+    (face,) = response.json()["faces"]
+    return dict(face)
+
+
+# --- durability ---------------------------------------------------------------------------
+
+
+def test_acknowledged_enrollments_survive_kill_9(
+    start_server: StartServer, tmp_path: Path, lfw_photo: LfwPhoto
+) -> None:
+    data_dir = tmp_path / "gallery"
+    first = start_server(data_dir)
+    with httpx.Client(base_url=first.url, timeout=REQUEST_TIMEOUT_S) as http:
+        for subject, person, enrolled, _ in PEOPLE:
+            response = http.post(
+                "/enroll",
+                params={"collection": COLLECTION},
+                data={"subject": subject},
+                files=[upload(lfw_photo(person, number)) for number in enrolled],
+            )
+            assert response.status_code == 201, response.text
+    first.kill_9()  # right after the last acknowledgement: no shutdown, no flush
+
+    second = start_server(data_dir)
+
+    with httpx.Client(base_url=second.url, timeout=REQUEST_TIMEOUT_S) as http:
+        listing = http.get("/subjects", params={"collection": COLLECTION}).json()
+        assert {item["subject"]: item["face_count"] for item in listing["items"]} == {
+            subject: len(enrolled) for subject, _, enrolled, _ in PEOPLE
+        }
+        for subject, person, _, probe in PEOPLE:
+            face = identify_one(http, lfw_photo(person, probe))
+            assert face["match"] is not None, f"{subject} not identified after restart"
+            assert face["match"]["subject"] == subject
+
+
+# --- one recognizer per gallery -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def refused_start(
+    models_dir: Path, tmp_path_factory: pytest.TempPathFactory, lfw_photo: LfwPhoto
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """A gallery made with w600k_mbf_int8, then `serve` with a renamed copy of its manifest."""
+    data_dir = tmp_path_factory.mktemp("gallery")
+    photo = lfw_photo("Donald_Rumsfeld", 39)
+    with TestClient(create_app(Settings(models_dir=models_dir, data_dir=data_dir))) as client:
+        response = client.post("/enroll", data={"subject": "Rumsfeld"}, files=[upload(photo)])
+        assert response.status_code == 201, response.text
+    _, manifest_path = resolve_manifest("w600k_mbf_int8")
+    renamed = json.loads(manifest_path.read_text()) | {"name": "w600k_mbf_int8_renamed"}
+    copy = tmp_path_factory.mktemp("manifests") / "renamed.json"
+    copy.write_text(json.dumps(renamed))
+    environment = server_environment(models_dir, data_dir, recognizer=str(copy))
+
+    result = subprocess.run(
+        serve_command(free_port()),
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_TIMEOUT_S,
+        check=False,
+    )
+    return data_dir, result
+
+
+def test_a_gallery_refuses_to_start_with_another_recognizer(
+    refused_start: tuple[Path, subprocess.CompletedProcess[str]], models_dir: Path
+) -> None:
+    data_dir, result = refused_start
+
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "gallery_model_mismatch" in output or "GalleryModelMismatch" in output
+    assert "holds embeddings of model 'w600k_mbf_int8@" in output
+    assert "loaded recognizer is 'w600k_mbf_int8_renamed@" in output
+    # The refused start left the gallery as it was.
+    settings = Settings(models_dir=models_dir, data_dir=data_dir)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/subjects").json()["total"] == 1
+
+
+def test_a_refused_start_follows_the_cli_error_contract(
+    refused_start: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    _, result = refused_start
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("facerec: error: ")
+    assert "w600k_mbf_int8_renamed@" in last_line
+
+
+# --- concurrency -----------------------------------------------------------------------------
+
+
+def test_concurrent_identify_requests_succeed_while_an_enroll_runs(
+    start_server: StartServer, tmp_path: Path, lfw_photo: LfwPhoto
+) -> None:
+    server = start_server(tmp_path / "gallery", inference_workers="2")
+    known, person, (enrolled,), probe = PEOPLE[1]
+    newcomer, new_person, new_photos, new_probe = PEOPLE[0]
+    with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:
+        response = http.post(
+            "/enroll",
+            params={"collection": COLLECTION},
+            data={"subject": known},
+            files=[upload(lfw_photo(person, enrolled))],
+        )
+        assert response.status_code == 201, response.text
+
+    identifiers = 6
+    start = threading.Barrier(identifiers + 1)
+    enroll_done = threading.Event()
+    matches: list[str | None] = []
+    answered_during_enroll: list[bool] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def enroll_newcomer() -> None:
+        files = [upload(lfw_photo(new_person, number)) for number in (*new_photos, 145)]
+        with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:
+            start.wait()
+            response = http.post(
+                "/enroll",
+                params={"collection": COLLECTION},
+                data={"subject": newcomer},
+                files=files,
+            )
+        if response.status_code != 201 or len(response.json()["faces"]) != 3:
+            with lock:
+                failures.append(f"enroll: {response.status_code} {response.text}")
+        enroll_done.set()
+
+    def identify_known() -> None:
+        photo = lfw_photo(person, probe)
+        with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:
+            start.wait()
+            for attempt in range(20):
+                if attempt >= 2 and enroll_done.is_set():
+                    return
+                response = http.post(
+                    "/identify",
+                    params={"collection": COLLECTION},
+                    files={"image": (photo.name, photo.read_bytes())},
+                )
+                with lock:
+                    if response.status_code != 200:
+                        failures.append(f"identify: {response.status_code} {response.text}")
+                        continue
+                    (face,) = response.json()["faces"]
+                    matches.append(face["match"]["subject"] if face["match"] else None)
+                    answered_during_enroll.append(not enroll_done.is_set())
+
+    threads = [threading.Thread(target=enroll_newcomer)]
+    threads += [threading.Thread(target=identify_known) for _ in range(identifiers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
+    assert len(matches) >= 2 * identifiers
+    assert any(answered_during_enroll), "no identify overlapped the enroll"
+    assert set(matches) == {known}
+    with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:
+        face = identify_one(http, lfw_photo(new_person, new_probe))
+        assert face["match"]["subject"] == newcomer
