@@ -12,7 +12,7 @@ from app.inference.catalog import resolve_manifest
 if TYPE_CHECKING:
     from conftest import ClientFactory, Enroll, Identify, LfwPhoto
 
-MODEL_ID = re.compile(r"^(?P<name>[\w.-]+)@(?P<hash>[0-9a-f]{16})(\+dq)?$")
+MODEL_ID = re.compile(r"^(?P<name>[\w.-]+)@(?P<hash>[0-9a-f]{16})(\+dq)?(\+flip)?$")
 
 
 def test_health_is_ok(client: TestClient) -> None:

@@ -15,7 +15,7 @@ from app.inference.align import align_face
 from app.inference.arcface import ArcFaceEmbedder, l2_normalize
 from app.inference.catalog import resolve_manifest
 from app.inference.loader import LoadedModel, build_detector, build_embedder, load_model
-from app.inference.manifest import ModelManifest
+from app.inference.manifest import Augment, ModelManifest
 from app.inference.session import RuntimeOptions
 
 DIM = 512
@@ -64,11 +64,19 @@ class EchoSession:
 
 @pytest.fixture(scope="module")
 def recognizer_manifest() -> ModelManifest:
-    return resolve_manifest("w600k_mbf_int8")[0]
+    """The default recognizer's manifest without test-time augmentation."""
+    return resolve_manifest("w600k_mbf_int8")[0].model_copy(update={"augment": Augment(flip=False)})
 
 
 def with_input(manifest: ModelManifest, **changes: Any) -> ModelManifest:
     return manifest.model_copy(update={"input": manifest.input.model_copy(update=changes)})
+
+
+def tensor_of(faces: NDArray[np.uint8], manifest: ModelManifest) -> NDArray[np.float32]:
+    """The network input for RGB crops, computed independently of the embedder."""
+    mean = np.float32(manifest.preprocess.mean[0])
+    std = np.float32(manifest.preprocess.std[0])
+    return ((faces.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2)
 
 
 def crops(count: int) -> NDArray[np.uint8]:
@@ -190,3 +198,24 @@ def test_an_embedding_does_not_depend_on_the_other_faces_in_its_batch(
     print(f"\nbatch of 6 vs alone: min cosine {cosines.min():.7f}")
     assert cosines.min() > 0.9999
     assert np.sum(batched * reversed_batch, axis=1).min() > 0.9999
+
+
+def test_flip_embedding_is_the_normalised_sum_of_the_crop_and_its_mirror(
+    recognizer_manifest: ModelManifest,
+) -> None:
+    faces = crops(3)
+    plain = ArcFaceEmbedder(EchoSession(), recognizer_manifest)  # type: ignore[arg-type]
+    flipped = ArcFaceEmbedder(
+        EchoSession(),  # type: ignore[arg-type]
+        recognizer_manifest.model_copy(update={"augment": Augment(flip=True)}),
+    )
+    session = EchoSession()
+    mirrored = faces[:, :, ::-1]
+    raw = [
+        session.run(None, {"x": tensor_of(batch, recognizer_manifest)})[0]
+        for batch in (faces, mirrored)
+    ]
+    expected = l2_normalize(raw[0] + raw[1])
+
+    np.testing.assert_allclose(flipped.embed(faces), expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(plain.embed(faces), expected)
