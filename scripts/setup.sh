@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Create .venv and install facerec. Usage: scripts/setup.sh [cpu|gpu] [test]
+# Create .venv and install facerec. Usage: scripts/setup.sh [cpu|gpu] [EXTRA,...]
 #   cpu/gpu: which onnxruntime build (never both: they overwrite each other)
-#   test:    also the test tools and the insightface reference oracle
+#   extras:  comma separated, e.g. "test" (test tools + insightface reference
+#            oracle) or "train" (PyTorch for the training package)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 flavour="${1:-cpu}"
@@ -9,10 +10,9 @@ python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
-extras="$flavour"
-[ "${2:-}" = "test" ] && extras="$extras,test"
+extras="$flavour${2:+,$2}"
 python -m pip install --quiet -e ".[$extras]"
-if [ "${2:-}" = "test" ]; then
+if [[ ",${2:-}," == *,test,* ]]; then
   # insightface is a reference oracle for parity tests and benchmarks only. Its
   # wheel pins opencv-python and onnxruntime, which would put a second OpenCV
   # (and, on GPU machines, a second onnxruntime) beside ours: install it alone.
