@@ -151,10 +151,22 @@ def decode_outputs(
 
 
 def to_tensor(canvas: ImageArray, mean: FloatArray, std: FloatArray, bgr: bool) -> FloatArray:
-    """HWC uint8 (RGB) -> 1CHW float32 normalised, in the model's colour order."""
+    """HWC uint8 (RGB) -> 1CHW float32 normalised, in the model's colour order.
+
+    ``(x - mean) * (1 / std)``, the operation order of ``cv2.dnn.blobFromImage``
+    that the reference uses: bit-identical inputs give bit-identical landmarks.
+    With one std for all channels (every SCRFD release) blobFromImage itself does
+    it in one native pass, several times faster than the numpy expression.
+    """
+    if np.all(std == std[0]):
+        blob = cv2.dnn.blobFromImage(
+            canvas,
+            scalefactor=float(np.float32(1.0) / std[0]),
+            mean=(float(mean[0]), float(mean[1]), float(mean[2])),
+            swapRB=bgr,
+        )
+        return np.asarray(blob, dtype=np.float32)
     pixels = canvas[:, :, ::-1] if bgr else canvas
-    # (x - mean) * (1 / std), the operation order of cv2.dnn.blobFromImage that the
-    # reference uses: bit-identical inputs give bit-identical landmarks.
     normalised = (pixels.astype(np.float32) - mean) * (1.0 / std)
     return np.ascontiguousarray(normalised.transpose(2, 0, 1)[None])
 

@@ -306,6 +306,23 @@ def test_to_tensor_normalises_into_nchw_in_the_model_colour_order() -> None:
     np.testing.assert_array_equal(bgr[0], rgb[0, ::-1])
 
 
+@pytest.mark.parametrize("bgr", [False, True])
+def test_to_tensor_native_path_is_bit_identical_to_the_formula(bgr: bool) -> None:
+    canvas = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    mean, std = f32([127.5, 120.0, 110.25]), f32([128.0] * 3)
+    pixels = canvas[:, :, ::-1] if bgr else canvas
+    expected = ((pixels.astype(np.float32) - mean) * (1.0 / std)).transpose(2, 0, 1)[None]
+
+    np.testing.assert_array_equal(to_tensor(canvas, mean, std, bgr), expected)
+
+
+def test_to_tensor_handles_a_different_std_per_channel() -> None:
+    canvas = np.full((4, 4, 3), 200, dtype=np.uint8)
+    mean, std = f32([100.0] * 3), f32([50.0, 100.0, 200.0])
+
+    np.testing.assert_allclose(to_tensor(canvas, mean, std, bgr=False)[0, :, 0, 0], [2, 1, 0.5])
+
+
 # --- ScrfdDetector orchestration with a fake session ------------------------------
 
 
