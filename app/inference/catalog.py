@@ -31,9 +31,16 @@ _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 _SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 
+# Where an installed wheel keeps the catalog: setup.py packages models/ as app/_catalog.
+PACKAGED_CATALOG = "_catalog"
+
+
 def default_catalog_dir() -> Path:
-    """``models/`` at the repository root, next to the ``app`` package."""
-    return Path(app.__file__).resolve().parent.parent / "models"
+    """The shipped catalog: ``app/_catalog`` in an installed wheel, else ``models/``
+    at the repository root next to the ``app`` package (checkouts, editable installs)."""
+    package_dir = Path(app.__file__).resolve().parent
+    packaged = package_dir / PACKAGED_CATALOG
+    return packaged if packaged.is_dir() else package_dir.parent / "models"
 
 
 class _Frozen(BaseModel):
