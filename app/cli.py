@@ -8,7 +8,6 @@ Exit codes: 0 success, 1 a domain error (one line on stderr), 2 a usage error.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from app.inference.catalog import (
 )
 from app.inference.fetch import archive_url, fetch_pack
 from app.inference.manifest import ModelManifest, file_sha256, resolve_model_file
+from app.observability.logging import configure_logging
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -98,7 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = Settings()
     log_level = args.log_level or settings.log_level.lower()
-    logging.basicConfig(level=log_level.upper())
+    configure_logging("DEBUG" if log_level == "trace" else log_level, settings.log_format)
     # Load models and open the gallery before the server starts, so that a bad
     # configuration ends here with one line on stderr and exit status 1.
     runtime = build_runtime(settings)
@@ -108,6 +108,10 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=1,
         log_level=log_level,
+        # uvicorn's records go through the root handler (JSON, request ids); the app
+        # writes its own access log line with the route template and timing.
+        log_config=None,
+        access_log=False,
     )
     return EXIT_OK
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -41,12 +41,54 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(20 * MIB, ge=1024)
     max_image_pixels: int = Field(50_000_000, ge=10_000)
     max_images_per_enroll: int = Field(20, ge=1)
+    max_request_bytes: int = Field(
+        50 * MIB, ge=1024, description="whole request body; larger ones get 413 before parsing"
+    )
+    max_faces_per_image: int = Field(
+        32, ge=1, description="faces processed per photo: the largest ones, others ignored"
+    )
+    inference_queue: int = Field(
+        16, ge=0, description="requests waiting for an inference worker before a fast 503"
+    )
     min_face_size: int = Field(32, ge=1, description="enroll: shorter box side, pixels")
     min_det_score: float = Field(0.6, ge=0, le=1, description="enroll: detector confidence")
     match_threshold: float | None = Field(None, ge=-1, le=1, description="override manifest")
     default_top_k: int = Field(5, ge=1)
     max_top_k: int = Field(100, ge=1)
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = Field("json", description="json: one object a line")
+
+    # --- access ------------------------------------------------------------------------
+    auth: bool = Field(True, description="require API keys (X-API-Key); off/false disables")
+    rate_limit_per_second: float = Field(
+        20.0, ge=0, description="requests per second per API key, sustained; 0 = unlimited"
+    )
+    rate_limit_burst: int = Field(40, ge=1, description="requests per API key in a burst")
+
+    # --- live recognition (WebSocket /stream) -----------------------------------------
+    stream_max_concurrent: int = Field(
+        4, ge=1, description="open /stream connections; more are closed with code 1013"
+    )
+    stream_max_frame_bytes: int = Field(
+        2 * MIB, ge=1024, description="per frame message; larger closes with code 1009"
+    )
+    stream_max_frame_pixels: int = Field(
+        1920 * 1080, ge=10_000, description="per frame; larger closes with code 1009"
+    )
+    stream_detect_size: int = Field(
+        320, ge=0, description="detector input long side for frames; 0 = the manifest's policy"
+    )
+    stream_reid_interval: int = Field(
+        10, ge=1, description="processed frames between re-identifications of a named face"
+    )
+    stream_max_recognitions_per_frame: int = Field(
+        1, ge=0, description="faces run through the recognizer per frame; 0 = no cap"
+    )
+    stream_vote_window: int = Field(5, ge=1, description="recent recognitions a name is voted on")
+    stream_min_votes: int = Field(2, ge=1, description="agreeing recognitions a name needs")
+    stream_max_missed_frames: int = Field(
+        5, ge=0, description="processed frames a face may go undetected and keep its track"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -55,6 +97,15 @@ class Settings(BaseSettings):
         if isinstance(providers, str):
             values["providers"] = [p.strip() for p in providers.split(",") if p.strip()]
         return values
+
+    @model_validator(mode="after")
+    def _stream_votes_fit_window(self) -> Settings:
+        if self.stream_min_votes > self.stream_vote_window:
+            raise ValueError(
+                f"stream_min_votes ({self.stream_min_votes}) cannot exceed "
+                f"stream_vote_window ({self.stream_vote_window})"
+            )
+        return self
 
     def resolved_intra_op_threads(self) -> int:
         """Cores divided among the concurrent inference workers, so they never oversubscribe."""

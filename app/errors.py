@@ -67,6 +67,55 @@ class InvalidRequest(FaceRecError):
     code = "invalid_request"
 
 
+# --- access and capacity (HTTP edge) ------------------------------------------------
+
+
+class Unauthorized(FaceRecError):
+    """No API key, or one that is malformed, unknown or revoked."""
+
+    code = "unauthorized"
+
+
+class Forbidden(FaceRecError):
+    """A valid API key that is not allowed this collection or operation."""
+
+    code = "forbidden"
+
+
+class RateLimited(FaceRecError):
+    """The API key used up its request budget; ``retry_after_s`` says when to come back."""
+
+    code = "rate_limited"
+
+
+class ServerBusy(FaceRecError):
+    """Every inference worker and queue slot is taken; retry after ``retry_after_s``."""
+
+    code = "server_busy"
+
+
+class RequestTooLarge(FaceRecError):
+    """The request body is larger than FACEREC_MAX_REQUEST_BYTES."""
+
+    code = "request_too_large"
+
+
+class KeyNotFound(FaceRecError):
+    code = "key_not_found"
+
+
+class LastAdminKey(FaceRecError):
+    """Revoking this key would leave no active admin key (nobody could manage keys)."""
+
+    code = "last_admin_key"
+
+
+class AuthDisabled(FaceRecError):
+    """Key management was called on a service running with FACEREC_AUTH=off."""
+
+    code = "auth_disabled"
+
+
 # --- gallery ------------------------------------------------------------------------
 
 
@@ -107,3 +156,13 @@ class ModelNotFound(ModelError):
 
 class ModelChecksumMismatch(ModelError):
     code = "model_checksum_mismatch"
+
+
+class ProviderUnavailable(ModelError):
+    """A requested onnxruntime execution provider (CUDA, TensorRT, ...) cannot be used.
+
+    Raised at start-up instead of quietly running on the CPU: the build lacks the
+    provider, or it failed to initialise (no GPU visible, CUDA/cuDNN libraries missing).
+    """
+
+    code = "provider_unavailable"

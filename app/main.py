@@ -11,11 +11,18 @@ from functools import partial
 import anyio
 import faiss
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from app.api import gallery as gallery_routes
 from app.api import health as health_routes
+from app.api import keys as key_routes
+from app.api import metrics as metrics_routes
 from app.api import recognition as recognition_routes
+from app.api import stream as stream_routes
 from app.api.handlers import install_error_handlers
+from app.api.limits import AdmissionGate, AdmissionMiddleware, BodySizeLimitMiddleware
+from app.auth.bootstrap import open_guard
+from app.auth.guard import Guard
 from app.config import Settings
 from app.core.pipeline import FacePipeline
 from app.core.service import FaceService, QualityGate
@@ -24,6 +31,12 @@ from app.inference.align import align_face
 from app.inference.image import decode_image
 from app.inference.loader import LoadedModel, build_detector, build_embedder, load_model
 from app.inference.session import RuntimeOptions
+from app.observability.logging import configure_logging
+from app.observability.metrics import Metrics, timed
+from app.observability.middleware import RequestContextMiddleware
+from app.stream.hub import StreamHub, StreamSlots, scaled_detector
+from app.stream.reid import ReidPolicy
+from app.stream.session import StreamEngine, TrackRule, VoteRule
 
 logger = logging.getLogger("app")
 
@@ -37,6 +50,14 @@ class Runtime:
     recognizer: LoadedModel
     settings: Settings
     inference_limiter: anyio.CapacityLimiter
+    guard: Guard
+    metrics: Metrics
+    admission: AdmissionGate
+
+    def close(self) -> None:
+        if self.guard.store is not None:
+            self.guard.store.close()
+        self.service.gallery.close()
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -61,7 +82,25 @@ def build_runtime(settings: Settings) -> Runtime:
     assert manifest.thresholds is not None
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     gallery = Gallery(settings.data_dir, model_id=manifest.model_id, dim=manifest.embedding_dim)
-    pipeline = FacePipeline(build_detector(detector), build_embedder(recognizer), align_face)
+    try:
+        guard = open_guard(
+            settings.data_dir,
+            enabled=settings.auth,
+            rate_per_s=settings.rate_limit_per_second,
+            burst=settings.rate_limit_burst,
+        )
+    except BaseException:
+        gallery.close()
+        raise
+    metrics = Metrics()
+    metrics.watch_gallery(gallery.stats)
+    pipeline = FacePipeline(
+        build_detector(detector),
+        build_embedder(recognizer),
+        align_face,
+        max_faces=settings.max_faces_per_image,
+        observer=metrics,
+    )
     threshold = (
         settings.match_threshold
         if settings.match_threshold is not None
@@ -70,10 +109,14 @@ def build_runtime(settings: Settings) -> Runtime:
     service = FaceService(
         pipeline,
         gallery,
-        partial(
-            decode_image,
-            max_bytes=settings.max_image_bytes,
-            max_pixels=settings.max_image_pixels,
+        timed(
+            metrics,
+            "decode",
+            partial(
+                decode_image,
+                max_bytes=settings.max_image_bytes,
+                max_pixels=settings.max_image_pixels,
+            ),
         ),
         threshold=threshold,
         gate=QualityGate(
@@ -87,6 +130,36 @@ def build_runtime(settings: Settings) -> Runtime:
         recognizer=recognizer,
         settings=settings,
         inference_limiter=anyio.CapacityLimiter(settings.inference_workers),
+        guard=guard,
+        metrics=metrics,
+        admission=AdmissionGate(settings.inference_workers + settings.inference_queue),
+    )
+
+
+def build_stream_hub(runtime: Runtime) -> StreamHub:
+    """Live recognition (/stream): shares the runtime's sessions, gallery and threshold."""
+    settings = runtime.settings
+    engine = StreamEngine(
+        decode=partial(
+            decode_image,
+            max_bytes=settings.stream_max_frame_bytes,
+            max_pixels=settings.stream_max_frame_pixels,
+        ),
+        detect=scaled_detector(build_detector(runtime.detector), settings.stream_detect_size),
+        embed=runtime.service.pipeline.embed,
+        gallery=runtime.service.gallery,
+        threshold=runtime.service.threshold,
+        policy=ReidPolicy(
+            interval=settings.stream_reid_interval,
+            max_per_frame=settings.stream_max_recognitions_per_frame,
+        ),
+        votes=VoteRule(window=settings.stream_vote_window, min_votes=settings.stream_min_votes),
+        tracking=TrackRule(max_missed=settings.stream_max_missed_frames),
+    )
+    return StreamHub(
+        engine=engine,
+        slots=StreamSlots(settings.stream_max_concurrent),
+        max_frame_bytes=settings.stream_max_frame_bytes,
     )
 
 
@@ -101,11 +174,12 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if runtime is None:
             resolved = settings or Settings()
-            logging.basicConfig(level=resolved.log_level.upper())
+            configure_logging(resolved.log_level, resolved.log_format)
             app.state.runtime = await anyio.to_thread.run_sync(build_runtime, resolved)
         else:
             app.state.runtime = runtime
         current: Runtime = app.state.runtime
+        app.state.streams = build_stream_hub(current)
         logger.info(
             "ready: detector=%s recognizer=%s threshold=%.3f gallery=%d faces",
             current.detector.manifest.model_id,
@@ -116,7 +190,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         try:
             yield
         finally:
-            current.service.gallery.close()
+            current.close()
 
     app = FastAPI(
         title="facerec",
@@ -128,7 +202,31 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         lifespan=lifespan,
     )
     install_error_handlers(app)
+
+    # The middleware is built before the lifespan runs: it reads the runtime per request.
+    def admission() -> AdmissionGate | None:
+        runtime: Runtime | None = getattr(app.state, "runtime", None)
+        return runtime.admission if runtime else None
+
+    def max_request_bytes() -> int | None:
+        runtime: Runtime | None = getattr(app.state, "runtime", None)
+        return runtime.settings.max_request_bytes if runtime else None
+
+    def metrics() -> Metrics | None:
+        runtime: Runtime | None = getattr(app.state, "runtime", None)
+        return runtime.metrics if runtime else None
+
+    # Added innermost first: request context, then body size, then inference admission.
+    app.add_middleware(
+        AdmissionMiddleware, gate=admission, paths=recognition_routes.INFERENCE_PATHS
+    )
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_request_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.include_router(recognition_routes.router)
     app.include_router(gallery_routes.router)
     app.include_router(health_routes.router)
+    app.include_router(key_routes.router)
+    app.include_router(metrics_routes.router)
+    app.include_router(stream_routes.router)
+    app.mount("/static", StaticFiles(directory=stream_routes.STATIC_DIR), name="static")
     return app

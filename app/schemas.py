@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 
@@ -140,3 +141,36 @@ class ReadyResponse(BaseModel):
     threshold: float
     gallery_faces: int
     collections: dict[str, int]
+
+
+# --- API keys ---------------------------------------------------------------------------
+
+# A collection name (see app.api.deps) or "*" for every collection.
+KEY_COLLECTION_PATTERN = r"^(\*|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$"
+
+
+class KeyCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=64, description="who or what the key is for")
+    collections: list[Annotated[str, Field(pattern=KEY_COLLECTION_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="collections the key may use; '*' for all (ignored for admin keys)",
+    )
+    admin: bool = Field(False, description="admin keys manage keys and reach every collection")
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    name: str
+    admin: bool
+    collections: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    api_key: str = Field(description="the secret (send as X-API-Key); shown only this once")
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import mimetypes
+import os
 import tempfile
 import time
 import warnings
@@ -69,14 +70,17 @@ def open_client(args: argparse.Namespace) -> Iterator[httpx.Client]:
     if args.url:
         if model_overrides(args):
             print("note: --detector/--recognizer are ignored with --url (the server decides)")
-        with httpx.Client(base_url=args.url, timeout=HTTP_TIMEOUT_S) as client:
+        headers = {"X-API-Key": args.api_key} if args.api_key else None
+        with httpx.Client(base_url=args.url, timeout=HTTP_TIMEOUT_S, headers=headers) as client:
             yield client
         return
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
         from fastapi.testclient import TestClient
     with tempfile.TemporaryDirectory(prefix="facerec-bench-") as data_dir:
-        base = Settings(models_dir=args.models_dir, data_dir=Path(data_dir), log_level="WARNING")
+        base = Settings(
+            models_dir=args.models_dir, data_dir=Path(data_dir), log_level="WARNING", auth=False
+        )
         settings = base.model_copy(update=model_overrides(args))
         with TestClient(create_app(settings)) as client:
             yield client
@@ -449,6 +453,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     add_model_arguments(parser)
     parser.add_argument("--url", help="benchmark a running server instead (http://host:port)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("FACEREC_API_KEY"),
+        help="X-API-Key for --url (default: $FACEREC_API_KEY): a key scoped to '*'",
+    )
     parser.add_argument(
         "--lfw-limit",
         type=int,

@@ -446,7 +446,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="facerec-bench-") as scratch:
         scratch_dir = Path(scratch)
         base = Settings(
-            models_dir=args.models_dir, intra_op_threads=args.threads, log_level="WARNING"
+            models_dir=args.models_dir,
+            intra_op_threads=args.threads,
+            log_level="WARNING",
+            auth=False,  # the runtime only: no HTTP, no keys to create
         ).model_copy(update=model_overrides(args))
         runtimes = {
             name: our_runtime(base, scratch_dir, str(number), **models)

@@ -43,7 +43,9 @@ def photos(data_root: Path) -> Path:
 
 
 def make_settings(models_dir: Path, data_dir: Path, **overrides: object) -> Settings:
-    return Settings(models_dir=models_dir, data_dir=data_dir, **overrides)  # type: ignore[arg-type]
+    """Settings for a test app: API keys off unless a test turns them on (tests/hardening)."""
+    values: dict[str, object] = {"auth": False, "log_format": "text", **overrides}
+    return Settings(models_dir=models_dir, data_dir=data_dir, **values)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Path, Query
 
-from app.api.deps import CollectionParam, RuntimeDep, validate_subject
+from app.api.deps import RuntimeDep, validate_subject
+from app.auth.dependencies import ACCESS_ERRORS, AuthorizedCollection
 from app.core.types import FaceRecord
 from app.schemas import (
     DeleteFaceResponse,
@@ -19,11 +20,13 @@ from app.schemas import (
     SubjectPage,
 )
 
-router = APIRouter(tags=["gallery"])
+router = APIRouter(tags=["gallery"], responses=ACCESS_ERRORS)
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "unknown subject or face"}
 }
 SubjectPath = Annotated[str, Path(description="subject name, URL-encoded")]
+# Paging offsets go to SQLite, whose integers are 64-bit: bound them well below.
+MAX_OFFSET = 1_000_000_000
 
 
 def _face(record: FaceRecord) -> FaceOut:
@@ -40,9 +43,9 @@ def _face(record: FaceRecord) -> FaceOut:
 @router.get("/subjects", response_model=SubjectPage, summary="List enrolled subjects")
 async def list_subjects(
     runtime: RuntimeDep,
-    collection: CollectionParam = "default",
+    collection: AuthorizedCollection,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> SubjectPage:
     gallery = runtime.service.gallery
     subjects, total = await anyio.to_thread.run_sync(
@@ -67,7 +70,7 @@ async def list_subjects(
 
 @router.get("/subjects/{subject}", response_model=SubjectDetail, responses=NOT_FOUND)
 async def get_subject(
-    runtime: RuntimeDep, subject: SubjectPath, collection: CollectionParam = "default"
+    runtime: RuntimeDep, subject: SubjectPath, collection: AuthorizedCollection
 ) -> SubjectDetail:
     name = validate_subject(subject)
     summary, faces = await anyio.to_thread.run_sync(
@@ -85,7 +88,7 @@ async def get_subject(
 
 @router.delete("/subjects/{subject}", response_model=DeleteSubjectResponse, responses=NOT_FOUND)
 async def delete_subject(
-    runtime: RuntimeDep, subject: SubjectPath, collection: CollectionParam = "default"
+    runtime: RuntimeDep, subject: SubjectPath, collection: AuthorizedCollection
 ) -> DeleteSubjectResponse:
     name = validate_subject(subject)
     deleted = await anyio.to_thread.run_sync(
@@ -98,7 +101,7 @@ async def delete_subject(
 async def delete_face(
     runtime: RuntimeDep,
     face_id: Annotated[str, Path(max_length=64)],
-    collection: CollectionParam = "default",
+    collection: AuthorizedCollection,
 ) -> DeleteFaceResponse:
     record = await anyio.to_thread.run_sync(
         lambda: runtime.service.gallery.delete_face(collection, face_id)

@@ -26,7 +26,22 @@ STATUS_BY_ERROR: dict[type[errors.FaceRecError], int] = {
     errors.FaceNotFound: 404,
     errors.GalleryModelMismatch: 409,
     errors.GalleryUnavailable: 503,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.RateLimited: 429,
+    errors.ServerBusy: 503,
+    errors.RequestTooLarge: 413,
+    errors.KeyNotFound: 404,
+    errors.LastAdminKey: 409,
+    errors.AuthDisabled: 409,
 }
+# Domain errors that are a client's answer even though their status is 5xx.
+CLIENT_VISIBLE_5XX: tuple[type[errors.FaceRecError], ...] = (errors.ServerBusy,)
+
+
+# Codes of errors raised by the framework itself. 400 is a body FastAPI could not
+# parse at all (malformed multipart or JSON framing).
+HTTP_ERROR_CODES = {400: "malformed_request", 404: "not_found", 405: "method_not_allowed"}
 
 
 def status_for(error: errors.FaceRecError) -> int:
@@ -55,17 +70,35 @@ def error_body(
     return body
 
 
-async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
+def note_error_code(request: Request, code: str) -> None:
+    """Tell the request middleware which code answered (metrics, access log); first wins."""
+    request.scope.setdefault("state", {}).setdefault("error_code", code)
+
+
+def retry_headers(error: errors.FaceRecError) -> dict[str, str] | None:
+    """``Retry-After`` for errors that say when to come back (``retry_after_s``)."""
+    retry_after = error.details.get("retry_after_s")
+    return None if retry_after is None else {"Retry-After": str(max(1, int(retry_after)))}
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.FaceRecError)
     status = status_for(exc)
-    if status >= 500:
+    if status >= 500 and not isinstance(exc, CLIENT_VISIBLE_5XX):
         logger.error("internal domain error %s: %s", exc.code, exc.message)
+        note_error_code(request, "internal_error")
         return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
-    return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=status)
+    note_error_code(request, exc.code)
+    return JSONResponse(
+        error_body(exc.code, exc.message, exc.details),
+        status_code=status,
+        headers=retry_headers(exc),
+    )
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    note_error_code(request, "invalid_request")
     problems = [
         {"field": ".".join(str(part) for part in error["loc"]), "problem": error["msg"]}
         for error in exc.errors()
@@ -77,9 +110,10 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    code = HTTP_ERROR_CODES.get(exc.status_code, "http_error")
+    note_error_code(request, code)
     return JSONResponse(
         error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
     )
@@ -87,6 +121,7 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    note_error_code(request, "internal_error")
     return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, UploadFile, status
 
 from app.api.deps import (
     CollectionParam,
@@ -14,6 +14,13 @@ from app.api.deps import (
     run_inference,
     validate_subject,
 )
+from app.auth.dependencies import (
+    ACCESS_ERRORS,
+    AuthorizedCollection,
+    Caller,
+    authenticated,
+)
+from app.auth.guard import require_collection
 from app.core.service import IdentifiedFace
 from app.core.types import Detection, SearchHit
 from app.errors import InvalidRequest
@@ -30,11 +37,19 @@ from app.schemas import (
     VerifyResponse,
 )
 
-router = APIRouter(tags=["recognition"])
+router = APIRouter(
+    tags=["recognition"],
+    responses={
+        **ACCESS_ERRORS,
+        503: {"model": ErrorResponse, "description": "server_busy: retry after Retry-After"},
+    },
+)
+# Routes that run inference: admitted at most inference_workers + inference_queue at once.
+INFERENCE_PATHS = frozenset({"/enroll", "/identify", "/verify", "/embed"})
 
 IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "undecodable image"},
-    413: {"model": ErrorResponse, "description": "image too large (bytes or pixels)"},
+    400: {"model": ErrorResponse, "description": "undecodable image, or a malformed body"},
+    413: {"model": ErrorResponse, "description": "image or request too large (bytes or pixels)"},
     415: {"model": ErrorResponse, "description": "unsupported image format"},
     422: {"model": ErrorResponse, "description": "invalid form, or no usable face"},
 }
@@ -73,13 +88,13 @@ def _identified(face: IdentifiedFace) -> IdentifiedFaceOut:
 )
 async def enroll(
     runtime: RuntimeDep,
+    collection: AuthorizedCollection,
     subject: Annotated[str, Form(description="the person's name or id")],
     images: Annotated[list[UploadFile], File(description="one face per photo")],
     face_policy: Annotated[
         Literal["single", "largest"],
         Form(description="single: reject photos with several faces; largest: use the largest"),
     ] = "single",
-    collection: CollectionParam = "default",
 ) -> EnrollResponse:
     """Each photo contributes one face. Photos that fail the face policy or the quality
     gates are listed in `rejected` with a machine-readable code; when no photo is usable
@@ -127,10 +142,10 @@ async def enroll(
 )
 async def identify(
     runtime: RuntimeDep,
+    collection: AuthorizedCollection,
     image: ImageFile,
     top_k: Annotated[int | None, Form(ge=1, description="candidates per face")] = None,
     threshold: Threshold = None,
-    collection: CollectionParam = "default",
 ) -> IdentifyResponse:
     """Every face in the photo with its closest subjects. `match` is the best candidate at or
     above the threshold, or null (unknown). One subject is never matched to two faces of
@@ -159,6 +174,7 @@ async def identify(
 )
 async def verify(
     runtime: RuntimeDep,
+    caller: Caller,
     image_a: Annotated[UploadFile | None, File(description="first photo")] = None,
     image_b: Annotated[UploadFile | None, File(description="second photo")] = None,
     image: Annotated[UploadFile | None, File(description="photo to check against subject")] = None,
@@ -175,6 +191,7 @@ async def verify(
             runtime, lambda: runtime.service.verify_images(data_a, data_b, threshold)
         )
     elif image is not None and subject is not None and image_a is None and image_b is None:
+        require_collection(caller, collection)
         name = validate_subject(subject)
         data = await read_upload(image, limit)
         result = await run_inference(
@@ -195,6 +212,7 @@ async def verify(
     response_model=EmbedResponse,
     responses=IMAGE_ERRORS,
     summary="Detect every face and return its embedding",
+    dependencies=[Depends(authenticated)],
 )
 async def embed(runtime: RuntimeDep, image: ImageFile) -> EmbedResponse:
     """L2-normalised embeddings of every face (cosine similarity = dot product)."""

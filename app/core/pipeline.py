@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 import numpy as np
@@ -23,23 +24,78 @@ class Aligner(Protocol):
     def __call__(self, image: ImageArray, landmarks: FloatArray) -> ImageArray: ...
 
 
-class FacePipeline:
-    """Stateless orchestration; thread-safe as long as its collaborators are."""
+class StageObserver(Protocol):
+    """Told how long each stage took (metrics); must be cheap and thread-safe."""
 
-    def __init__(self, detector: Detector, embedder: Embedder, aligner: Aligner) -> None:
+    def stage_finished(self, stage: str, seconds: float) -> None: ...
+
+    def batch_embedded(self, faces: int) -> None: ...
+
+    def faces_dropped(self, faces: int) -> None: ...
+
+
+class _NoObserver:
+    def stage_finished(self, stage: str, seconds: float) -> None:
+        pass
+
+    def batch_embedded(self, faces: int) -> None:
+        pass
+
+    def faces_dropped(self, faces: int) -> None:
+        pass
+
+
+def keep_largest(detections: list[Detection], max_faces: int | None) -> list[Detection]:
+    """The ``max_faces`` largest detections (by box area), in their original order."""
+    if max_faces is None or len(detections) <= max_faces:
+        return detections
+    by_area = sorted(range(len(detections)), key=lambda i: detections[i].area, reverse=True)
+    kept = sorted(by_area[:max_faces])
+    return [detections[i] for i in kept]
+
+
+class FacePipeline:
+    """Stateless orchestration; thread-safe as long as its collaborators are.
+
+    ``max_faces`` caps the faces processed per photo (the largest are kept), so
+    a crowd photo costs a bounded amount of alignment and embedding.
+    """
+
+    def __init__(
+        self,
+        detector: Detector,
+        embedder: Embedder,
+        aligner: Aligner,
+        *,
+        max_faces: int | None = None,
+        observer: StageObserver | None = None,
+    ) -> None:
         self.detector = detector
         self.embedder = embedder
         self.aligner = aligner
+        self.max_faces = max_faces
+        self.observer: StageObserver = observer or _NoObserver()
 
     def detect(self, image: ImageArray) -> list[Detection]:
-        return self.detector.detect(image)
+        started = time.perf_counter()
+        detections = self.detector.detect(image)
+        self.observer.stage_finished("detect", time.perf_counter() - started)
+        kept = keep_largest(detections, self.max_faces)
+        if len(kept) < len(detections):
+            self.observer.faces_dropped(len(detections) - len(kept))
+        return kept
 
     def embed(self, image: ImageArray, detections: list[Detection]) -> list[EmbeddedFace]:
         """Align every detection and embed them all in one batch."""
         if not detections:
             return []
+        started = time.perf_counter()
         aligned_faces = np.stack([self.aligner(image, d.landmarks) for d in detections])
+        aligned_at = time.perf_counter()
         embeddings = self.embedder.embed(aligned_faces)
+        self.observer.stage_finished("align", aligned_at - started)
+        self.observer.stage_finished("embed", time.perf_counter() - aligned_at)
+        self.observer.batch_embedded(len(detections))
         return [
             EmbeddedFace(detection=d, embedding=e, aligned=a)
             for d, e, a in zip(detections, embeddings, aligned_faces, strict=True)

@@ -53,6 +53,7 @@ def server_environment(models_dir: Path, data_dir: Path, **settings: str) -> dic
         FACEREC_MODELS_DIR=str(models_dir),
         FACEREC_DATA_DIR=str(data_dir),
         FACEREC_LOG_LEVEL="WARNING",
+        FACEREC_AUTH="off",  # tests/hardening covers the keys
         **{f"FACEREC_{name.upper()}": value for name, value in settings.items()},
     )
     return environment
@@ -185,7 +186,9 @@ def refused_start(
     """A gallery made with w600k_mbf_int8, then `serve` with a renamed copy of its manifest."""
     data_dir = tmp_path_factory.mktemp("gallery")
     photo = lfw_photo("Donald_Rumsfeld", 39)
-    with TestClient(create_app(Settings(models_dir=models_dir, data_dir=data_dir))) as client:
+    with TestClient(
+        create_app(Settings(models_dir=models_dir, data_dir=data_dir, auth=False))
+    ) as client:
         response = client.post("/enroll", data={"subject": "Rumsfeld"}, files=[upload(photo)])
         assert response.status_code == 201, response.text
     _, manifest_path = resolve_manifest("w600k_mbf_int8")
@@ -217,7 +220,7 @@ def test_a_gallery_refuses_to_start_with_another_recognizer(
     assert "holds embeddings of model 'w600k_mbf_int8@" in output
     assert "loaded recognizer is 'w600k_mbf_int8_renamed@" in output
     # The refused start left the gallery as it was.
-    settings = Settings(models_dir=models_dir, data_dir=data_dir)
+    settings = Settings(models_dir=models_dir, data_dir=data_dir, auth=False)
     with TestClient(create_app(settings)) as client:
         assert client.get("/subjects").json()["total"] == 1
 

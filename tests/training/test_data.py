@@ -118,7 +118,7 @@ def test_crops_are_the_service_crops_of_the_largest_face(
     """The gallery keeps the aligned crop of each enrolled face: training sees the same."""
     loaded = load_faces(scan_identities(small_cfp), cropper, tmp_path / "c.npz", progress=False)
     photo = small_cfp / "001" / "frontal" / "01.jpg"
-    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "gallery")
+    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "gallery", auth=False)
     with TestClient(create_app(settings)) as client:
         response = client.post(
             "/enroll",

@@ -119,7 +119,9 @@ def test_service_loads_the_exported_manifest_and_identifies_with_it(
     finetuned: Path, small_data: Path, models_dir: Path, tmp_path: Path
 ):
     manifest_path = finetuned / "manifest.json"
-    settings = Settings(models_dir=models_dir, data_dir=tmp_path, recognizer=str(manifest_path))
+    settings = Settings(
+        models_dir=models_dir, data_dir=tmp_path, recognizer=str(manifest_path), auth=False
+    )
     with TestClient(create_app(settings)) as client:
         ready = client.get("/ready").json()
         assert ready["recognizer"]["model_id"] == load_manifest(manifest_path).model_id
@@ -207,7 +209,9 @@ def test_reembed_moves_a_gallery_to_the_new_recognizer(
     old_dir, new_dir = tmp_path / "old", tmp_path / "new"
     identity = IDENTITIES[0]
     enrolled = photo(small_data, identity, "frontal", 1)
-    with TestClient(create_app(Settings(models_dir=models_dir, data_dir=old_dir))) as client:
+    with TestClient(
+        create_app(Settings(models_dir=models_dir, data_dir=old_dir, auth=False))
+    ) as client:
         response = client.post(
             "/enroll",
             data={"subject": identity},
@@ -232,7 +236,10 @@ def test_reembed_moves_a_gallery_to_the_new_recognizer(
     )
     assert code == 0
     settings = Settings(
-        models_dir=models_dir, data_dir=new_dir, recognizer=str(finetuned / "manifest.json")
+        models_dir=models_dir,
+        data_dir=new_dir,
+        recognizer=str(finetuned / "manifest.json"),
+        auth=False,
     )
     with TestClient(create_app(settings)) as client:
         assert client.get("/ready").json()["gallery_faces"] == 1

@@ -1,0 +1,85 @@
+"""FastAPI side of the guard: the ``X-API-Key`` security scheme and its dependencies.
+
+HTTP routes take ``Caller`` (any valid key), ``AuthorizedCollection`` (the
+``collection`` query parameter, checked against the key's scope) or
+``AdminCaller``. WebSocket routes call ``authorize_websocket`` before accepting.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request, Security, WebSocket
+from fastapi.security import APIKeyHeader
+
+from app.api.deps import CollectionParam
+from app.auth.guard import Guard, require_admin, require_collection
+from app.auth.keys import ApiKey
+from app.schemas import ErrorResponse
+
+API_KEY_HEADER = "X-API-Key"
+# Browsers cannot set headers on a WebSocket handshake, so /stream also reads this.
+API_KEY_QUERY = "api_key"
+
+api_key_scheme = APIKeyHeader(
+    name=API_KEY_HEADER,
+    auto_error=False,
+    description="An API key (frk_...). Admin keys manage keys; others are scoped to collections.",
+)
+ApiKeyHeader = Annotated[str | None, Security(api_key_scheme)]
+
+
+def guard_of(request: Request | WebSocket) -> Guard:
+    guard: Guard = request.app.state.runtime.guard
+    return guard
+
+
+async def authenticated(request: Request, token: ApiKeyHeader) -> ApiKey | None:
+    """Any active key (charged to its rate limit); None when auth is off."""
+    key = guard_of(request).authenticate(token)
+    if key is not None:
+        request.state.key_id = key.key_id  # for the access log
+    return key
+
+
+Caller = Annotated[ApiKey | None, Depends(authenticated)]
+
+
+async def authorized_collection(caller: Caller, collection: CollectionParam = "default") -> str:
+    """The ``collection`` query parameter, once the caller's key may use it."""
+    require_collection(caller, collection)
+    return collection
+
+
+AuthorizedCollection = Annotated[str, Depends(authorized_collection)]
+
+
+async def admin_caller(caller: Caller) -> ApiKey | None:
+    require_admin(caller)
+    return caller
+
+
+AdminCaller = Annotated[ApiKey | None, Depends(admin_caller)]
+
+
+def authorize_websocket(websocket: WebSocket, collection: str) -> ApiKey | None:
+    """Check a WebSocket handshake's key (``X-API-Key`` header or ``api_key`` query).
+
+    Call it before ``websocket.accept()``. Raises ``Unauthorized``, ``RateLimited``
+    or ``Forbidden`` (close the socket with code 1008 and the error's ``code`` as
+    the reason); returns the key, or None when auth is off.
+    """
+    token = websocket.headers.get(API_KEY_HEADER) or websocket.query_params.get(API_KEY_QUERY)
+    return guard_of(websocket).authorize(token, collection=collection)
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+# OpenAPI responses of every route behind a key.
+ACCESS_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error("unauthorized: missing, invalid or revoked X-API-Key"),
+    403: _error("forbidden: the key may not use this collection"),
+    429: _error("rate_limited: the key's budget is used up; see Retry-After"),
+}

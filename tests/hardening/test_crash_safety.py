@@ -1,0 +1,143 @@
+"""kill -9 in the middle of concurrent enrollments: after a restart every acknowledged
+enrollment is present and identifiable, and nothing half-written is visible."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+
+from tests.hardening.people import Person, lfw_people
+
+if TYPE_CHECKING:
+    from tests.hardening.conftest import StartServer
+    from tests.hardening.serving import Server
+
+COLLECTION = "crash"
+CLIENTS = 4
+PEOPLE_PER_CLIENT = 12
+# Acknowledged enrollments to wait for before the kill; the other clients are mid-request.
+ACKS_BEFORE_KILL = 10
+EMBEDDING_BYTES = 512 * 4
+
+
+@dataclass(frozen=True)
+class Ack:
+    subject: str
+    face_ids: frozenset[str]
+    probe: Path  # an enrolled photo: identifying it must find the subject
+
+
+_ACKS_LOCK = threading.Lock()
+
+
+def enroll_until_killed(
+    server: Server, key: str, people: list[Person], acks: list[Ack], enough: threading.Event
+) -> None:
+    with server.client(key) as http:
+        for person in people:
+            try:
+                response = http.post(
+                    "/enroll",
+                    params={"collection": COLLECTION},
+                    data={"subject": person.name, "face_policy": "largest"},
+                    files=person.upload(0, 1),
+                )
+            except httpx.TransportError:
+                return  # the server died under us: this one was never acknowledged
+            assert response.status_code < 500, response.text
+            if response.status_code != 201:
+                continue
+            faces = response.json()["faces"]
+            with _ACKS_LOCK:
+                acks.append(
+                    Ack(person.name, frozenset(f["face_id"] for f in faces), person.photos[0])
+                )
+                if len(acks) >= ACKS_BEFORE_KILL:
+                    enough.set()
+
+
+def check_database(data_dir: Path) -> int:
+    """Invariants read straight from SQLite; returns the number of faces."""
+    database = f"file:{data_dir / 'gallery.sqlite3'}?mode=ro"
+    with closing(sqlite3.connect(database, uri=True)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+        empty_subjects = db.execute(
+            "SELECT COUNT(*) FROM subjects s WHERE NOT EXISTS "
+            "(SELECT 1 FROM faces f WHERE f.collection = s.collection AND f.subject = s.name)"
+        ).fetchone()[0]
+        assert empty_subjects == 0, "a subject without faces is visible"
+        orphans = db.execute(
+            "SELECT COUNT(*) FROM faces f WHERE NOT EXISTS "
+            "(SELECT 1 FROM subjects s WHERE s.collection = f.collection AND s.name = f.subject)"
+        ).fetchone()[0]
+        assert orphans == 0, "a face without its subject is visible"
+        bad_vectors = db.execute(
+            "SELECT COUNT(*) FROM faces WHERE embedding IS NULL OR length(embedding) != ?",
+            (EMBEDDING_BYTES,),
+        ).fetchone()[0]
+        assert bad_vectors == 0, "a face without a whole vector is visible"
+        faces: int = db.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
+        return faces
+
+
+def test_acknowledged_enrollments_survive_kill_9_during_concurrent_enrollments(
+    start_server: StartServer, tmp_path: Path, data_root: Path
+) -> None:
+    data_dir = tmp_path / "gallery"
+    first = start_server(data_dir, auth="on", rate_limit_per_second="0")
+    (admin,) = first.printed_keys()
+    with first.client(admin) as http:
+        created = http.post("/keys", json={"name": "enroller", "collections": [COLLECTION]})
+        assert created.status_code == 201
+        key = created.json()["api_key"]
+
+    people = lfw_people(data_root, CLIENTS * PEOPLE_PER_CLIENT)
+    acks: list[Ack] = []
+    enough = threading.Event()
+    threads = [
+        threading.Thread(
+            target=enroll_until_killed,
+            args=(first, key, people[i::CLIENTS], acks, enough),
+            daemon=True,
+        )
+        for i in range(CLIENTS)
+    ]
+    for thread in threads:
+        thread.start()
+    enough.wait(timeout=300)
+    assert first.alive(), first.log()
+    first.kill_9()  # several enrollments in flight: no shutdown, no flush
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(acks) >= ACKS_BEFORE_KILL
+    assert len(acks) < len(people), "every enrollment finished before the kill"
+
+    second = start_server(data_dir, auth="on")
+    assert second.printed_keys() == []
+    with second.client(key) as http:  # the key acknowledged before the crash still works
+        listing = http.get("/subjects", params={"collection": COLLECTION, "limit": 500}).json()
+        listed = {item["subject"]: item["face_count"] for item in listing["items"]}
+        for ack in acks:
+            detail = http.get(f"/subjects/{ack.subject}", params={"collection": COLLECTION})
+            assert detail.status_code == 200, f"acknowledged {ack.subject} is missing"
+            assert {face["face_id"] for face in detail.json()["faces"]} == ack.face_ids
+            found = http.post(
+                "/identify",
+                params={"collection": COLLECTION},
+                files={"image": (ack.probe.name, ack.probe.read_bytes())},
+            ).json()["faces"]
+            matches = [face["match"]["subject"] for face in found if face["match"]]
+            assert ack.subject in matches, f"{ack.subject} is not identifiable after restart"
+        ready = http.get("/ready").json()
+    assert all(count >= 1 for count in listed.values())
+    assert ready["collections"].get(COLLECTION, 0) == sum(listed.values())
+    second.stop()
+    assert check_database(data_dir) == sum(listed.values())

@@ -1,0 +1,254 @@
+"""The /stream WebSocket on the real models: names, tracks, frame dropping, close codes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+if TYPE_CHECKING:
+    from conftest import ClientFactory, LfwPhoto
+
+    from tests.stream.conftest import EnrollPeople, Exchange, LoadPhoto, MovingFrames
+
+BUSH_NAME, RUMSFELD_NAME = "George W. Bush", "Donald Rumsfeld"
+
+
+@pytest.fixture(scope="module")
+def bush(load_photo: LoadPhoto, lfw_photo: LfwPhoto) -> Any:
+    return load_photo(lfw_photo("George_W_Bush", 65))
+
+
+@pytest.fixture(scope="module")
+def rumsfeld(load_photo: LoadPhoto, lfw_photo: LfwPhoto) -> Any:
+    return load_photo(lfw_photo("Donald_Rumsfeld", 51))
+
+
+def only_face(answer: dict[str, Any]) -> dict[str, Any]:
+    (face,) = answer["faces"]
+    return dict(face)
+
+
+def closed_with(socket: Any) -> int:
+    """The code the server closes with (it sends nothing else first)."""
+    with pytest.raises(WebSocketDisconnect) as closed:
+        socket.receive_json()
+    return int(closed.value.code)
+
+
+def test_stream_names_people_and_keeps_their_track_ids_while_they_move(
+    client: TestClient,
+    collection: str,
+    enroll_people: EnrollPeople,
+    bush: Any,
+    rumsfeld: Any,
+    moving_frames: MovingFrames,
+    exchange: Exchange,
+) -> None:
+    enroll_people(client, collection)
+    with client.websocket_connect(f"/stream?collection={collection}") as socket:
+        alone = exchange(socket, moving_frames([(bush, (60, 100))], 8))
+        other = exchange(socket, moving_frames([(rumsfeld, (330, 120))], 8))
+        both = exchange(
+            socket, moving_frames([(bush, (40, 110)), (rumsfeld, (350, 110))], 8, step=(2, -2))
+        )
+    answers = alone + other + both
+    assert [a["frame"] for a in answers] == list(range(24))
+    assert all(a["dropped"] == [] and a["dropped_count"] == 0 for a in answers)
+    assert all((a["width"], a["height"]) == (640, 480) for a in answers)
+
+    # One person drifting across the frame: one track, named once the votes agree,
+    # never anyone else.
+    bush_track = {only_face(a)["track_id"] for a in alone}
+    assert len(bush_track) == 1
+    names = [only_face(a)["subject"] for a in alone]
+    assert set(names) <= {None, BUSH_NAME}
+    assert names[-4:] == [BUSH_NAME] * 4
+    # Recognition is not repeated on every frame once the name is decided.
+    assert sum(a["recognised"] for a in alone) < len(alone)
+
+    # Someone else elsewhere: a new track with their name.
+    rumsfeld_track = {only_face(a)["track_id"] for a in other}
+    assert len(rumsfeld_track) == 1
+    assert rumsfeld_track != bush_track
+    assert [only_face(a)["subject"] for a in other][-4:] == [RUMSFELD_NAME] * 4
+
+    # Both at once: two stable tracks, each with its own name.
+    assert all(len(a["faces"]) == 2 for a in both)
+    tracks = [{face["track_id"] for face in a["faces"]} for a in both]
+    assert all(ids == tracks[0] for ids in tracks)
+    final = {face["subject"] for face in both[-1]["faces"]}
+    assert final == {BUSH_NAME, RUMSFELD_NAME}
+    for face in both[-1]["faces"]:
+        assert face["similarity"] > 0.3
+        assert face["det_score"] > 0.5
+        x1, y1, x2, y2 = face["bbox"]
+        assert 0 <= x1 < x2 <= 640
+        assert 0 <= y1 < y2 <= 480
+
+
+def test_an_unenrolled_face_is_decided_unknown(
+    client: TestClient,
+    collection: str,
+    enroll_people: EnrollPeople,
+    load_photo: LoadPhoto,
+    lfw_photo: LfwPhoto,
+    moving_frames: MovingFrames,
+    exchange: Exchange,
+) -> None:
+    enroll_people(client, collection)
+    stranger = load_photo(lfw_photo("Gerhard_Schroeder", 25))
+    with client.websocket_connect(f"/stream?collection={collection}") as socket:
+        answers = exchange(socket, moving_frames([(stranger, (200, 100))], 5))
+    last = only_face(answers[-1])
+    assert last["subject"] is None
+    assert last["similarity"] is not None  # recognised, and nobody matched
+
+
+def test_overloaded_stream_drops_stale_frames_and_answers_the_newest(
+    client: TestClient,
+    collection: str,
+    bush: Any,
+    moving_frames: MovingFrames,
+    jpeg: Callable[[Any], bytes],
+) -> None:
+    frames = [jpeg(frame) for frame in moving_frames([(bush, (60, 100))], 12)]
+    limiter = client.app.state.runtime.inference_limiter  # type: ignore[attr-defined]
+    borrower = object()
+    with client.websocket_connect(f"/stream?collection={collection}") as socket:
+        # Hold the only inference slot: the server can answer nothing while all the
+        # frames arrive, as when a client sends faster than frames are processed.
+        client.portal.call(limiter.acquire_on_behalf_of, borrower)  # type: ignore[union-attr]
+        try:
+            for data in frames:  # sent without reading any answer
+                socket.send_bytes(data)
+        finally:
+            client.portal.call(limiter.release_on_behalf_of, borrower)  # type: ignore[union-attr]
+        answers = [socket.receive_json()]
+        while answers[-1]["frame"] != len(frames) - 1:
+            answers.append(socket.receive_json())
+
+    answered = [a["frame"] for a in answers]
+    dropped = [index for a in answers for index in a["dropped"]]
+    assert answered == sorted(set(answered))  # increasing, no repeats
+    assert answered[-1] == len(frames) - 1  # the newest frame is never dropped
+    assert dropped  # stale frames were skipped, not queued
+    assert sum(a["dropped_count"] for a in answers) == len(dropped)
+    assert sorted(answered + dropped) == list(range(len(frames)))  # each frame accounted once
+    previous = -1
+    for answer in answers:  # an answer reports the frames skipped since the previous one
+        assert all(previous < index < answer["frame"] for index in answer["dropped"])
+        previous = answer["frame"]
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        (b"this is not a JPEG", 1003),
+        (b"", 1003),
+        ("a text message", 1003),
+        (b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", 1003),  # an image, of a format not accepted
+    ],
+)
+def test_bad_frames_close_the_stream_with_1003(
+    client: TestClient, collection: str, message: bytes | str, code: int
+) -> None:
+    with client.websocket_connect(f"/stream?collection={collection}") as socket:
+        if isinstance(message, str):
+            socket.send_text(message)
+        else:
+            socket.send_bytes(message)
+        assert closed_with(socket) == code
+
+
+def test_oversized_frames_close_the_stream_with_1009(
+    build_client: ClientFactory, bush: Any, moving_frames: MovingFrames, jpeg: Callable[..., bytes]
+) -> None:
+    (frame,) = moving_frames([(bush, (60, 100))], 1)
+    data = jpeg(frame)
+    by_bytes = build_client(stream_max_frame_bytes=len(data) - 1)
+    with by_bytes.websocket_connect("/stream") as socket:
+        socket.send_bytes(data)
+        assert closed_with(socket) == 1009
+    by_pixels = build_client(stream_max_frame_pixels=640 * 480 - 1)
+    with by_pixels.websocket_connect("/stream") as socket:
+        socket.send_bytes(data)
+        assert closed_with(socket) == 1009
+
+
+def test_streams_over_the_cap_are_told_to_try_again_later(
+    build_client: ClientFactory, bush: Any, moving_frames: MovingFrames, exchange: Exchange
+) -> None:
+    capped = build_client(stream_max_concurrent=1)
+    frames = moving_frames([(bush, (60, 100))], 1)
+    with capped.websocket_connect("/stream") as first:
+        with capped.websocket_connect("/stream") as second:
+            assert closed_with(second) == 1013
+        assert exchange(first, frames)[0]["frame"] == 0  # the open stream is unaffected
+    with capped.websocket_connect("/stream") as again:  # the slot was given back
+        assert exchange(again, frames)[0]["frame"] == 0
+
+
+def test_an_invalid_collection_is_refused_with_1008(client: TestClient) -> None:
+    with (
+        pytest.raises(WebSocketDisconnect) as refused,
+        client.websocket_connect("/stream?collection=../etc") as socket,
+    ):
+        socket.receive_json()
+    assert refused.value.code == 1008
+
+
+def test_a_broken_client_does_not_disturb_another_stream(
+    client: TestClient,
+    collection: str,
+    enroll_people: EnrollPeople,
+    bush: Any,
+    moving_frames: MovingFrames,
+    exchange: Exchange,
+) -> None:
+    enroll_people(client, collection)
+    frames = moving_frames([(bush, (60, 100))], 6)
+    with client.websocket_connect(f"/stream?collection={collection}") as healthy:
+        first = exchange(healthy, frames[:3])
+        with client.websocket_connect(f"/stream?collection={collection}") as broken:
+            broken.send_bytes(b"\xff\xd8\xff garbage that starts like a JPEG")
+            assert closed_with(broken) == 1003
+        rest = exchange(healthy, frames[3:])
+    answers = first + rest
+    assert [a["frame"] for a in answers] == list(range(6))
+    assert {only_face(a)["track_id"] for a in answers} == {only_face(first[0])["track_id"]}
+    assert only_face(answers[-1])["subject"] == BUSH_NAME
+    assert client.get("/health").status_code == 200
+
+
+def test_the_page_and_its_assets_are_served(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'id="labels"' in page.text
+    for asset, kind in (("/static/app.js", "javascript"), ("/static/style.css", "text/css")):
+        response = client.get(asset)
+        assert response.status_code == 200
+        assert kind in response.headers["content-type"]
+
+
+def test_with_auth_on_a_stream_needs_a_key_for_its_collection(
+    build_client: ClientFactory, bush: Any, moving_frames: MovingFrames, exchange: Exchange
+) -> None:
+    guarded = build_client(auth=True)
+    store = guarded.app.state.runtime.guard.store  # type: ignore[attr-defined]
+    token = store.create(name="camera", collections=["lobby"], admin=False).token
+    frames = moving_frames([(bush, (60, 100))], 1)
+    for url, reason in [
+        ("/stream?collection=lobby", "unauthorized"),
+        ("/stream?collection=lobby&api_key=frk_nope", "unauthorized"),
+        (f"/stream?collection=hall&api_key={token}", "forbidden"),
+    ]:
+        with pytest.raises(WebSocketDisconnect) as refused, guarded.websocket_connect(url) as ws:
+            ws.receive_json()
+        assert (refused.value.code, refused.value.reason) == (1008, reason)
+    with guarded.websocket_connect(f"/stream?collection=lobby&api_key={token}") as socket:
+        assert exchange(socket, frames)[0]["frame"] == 0
