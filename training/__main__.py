@@ -622,11 +622,30 @@ def run_reembed(args: argparse.Namespace) -> int:
                 batch = []
         if batch:
             copied += flush()
+    keys_copied = copy_api_keys(args.data_dir, args.out)
     print(
         f"re-embedded {copied} of {total} faces from {old_id} into {args.out} "
         f"({manifest.model_id}); {total - copied} had no stored crop and need re-enrolling"
+        + ("; API keys copied" if keys_copied else "")
     )
     return 0
+
+
+def copy_api_keys(old_dir: Path, new_dir: Path) -> bool:
+    """The service's API keys go with the gallery (SQLite's online backup: a consistent copy)."""
+    import sqlite3
+
+    from app.auth.store import KEYS_FILENAME
+
+    source = old_dir / KEYS_FILENAME
+    if not source.is_file():
+        return False
+    with (
+        sqlite3.connect(f"file:{source}?mode=ro", uri=True) as old,
+        sqlite3.connect(new_dir / KEYS_FILENAME) as new,
+    ):
+        old.backup(new)
+    return True
 
 
 # --- command line -------------------------------------------------------------------------

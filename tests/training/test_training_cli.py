@@ -210,12 +210,15 @@ def test_reembed_moves_a_gallery_to_the_new_recognizer(
     identity = IDENTITIES[0]
     enrolled = photo(small_data, identity, "frontal", 1)
     with TestClient(
-        create_app(Settings(models_dir=models_dir, data_dir=old_dir, auth=False))
+        create_app(Settings(models_dir=models_dir, data_dir=old_dir, auth=True))
     ) as client:
+        store = client.app.state.runtime.guard.store  # type: ignore[attr-defined]
+        key = {"X-API-Key": store.create(name="app", collections=["*"], admin=False).token}
         response = client.post(
             "/enroll",
             data={"subject": identity},
             files=[("images", (enrolled.name, enrolled.read_bytes()))],
+            headers=key,
         )
         assert response.status_code == 201, response.text
     manifest = load_manifest(finetuned / "manifest.json")
@@ -239,12 +242,15 @@ def test_reembed_moves_a_gallery_to_the_new_recognizer(
         models_dir=models_dir,
         data_dir=new_dir,
         recognizer=str(finetuned / "manifest.json"),
-        auth=False,
+        auth=True,
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings)) as client:  # the keys came along
         assert client.get("/ready").json()["gallery_faces"] == 1
         probe = photo(small_data, identity, "frontal", 2)
-        response = client.post("/identify", files={"image": (probe.name, probe.read_bytes())})
+        response = client.post(
+            "/identify", files={"image": (probe.name, probe.read_bytes())}, headers=key
+        )
+        assert response.status_code == 200, response.text
         (face,) = response.json()["faces"]
         assert face["match"] is not None
         assert face["match"]["subject"] == identity
