@@ -16,6 +16,7 @@ from PIL import Image
 
 from app.config import Settings
 from app.main import create_app
+from tests.serving import Server, StartServer, server_environment
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -144,3 +145,23 @@ def grey_png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (320, 240), (128, 128, 128)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# --- real server processes (tests/api, tests/hardening) -------------------------------------
+
+
+@pytest.fixture
+def start_server(models_dir: Path, tmp_path: Path) -> Iterator[StartServer]:
+    """``start_server(data_dir, **settings)``: a ready server; all are stopped at the end."""
+    servers: list[Server] = []
+
+    def start(data_dir: Path, **settings: str) -> Server:
+        log_path = tmp_path / f"server-{len(servers)}.log"
+        server = Server(server_environment(models_dir, data_dir, **settings), log_path)
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -4,14 +4,9 @@ gallery of another recognizer, and concurrent requests."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,13 +17,13 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.inference.catalog import resolve_manifest
 from app.main import create_app
+from tests import serving
+from tests.serving import REQUEST_TIMEOUT_S, STARTUP_TIMEOUT_S, StartServer, free_port
 
 if TYPE_CHECKING:
     from conftest import LfwPhoto
 
 REPO = Path(__file__).resolve().parents[2]
-STARTUP_TIMEOUT_S = 30.0
-REQUEST_TIMEOUT_S = 60.0
 COLLECTION = "office"
 # (subject, LFW person, photos enrolled, another photo of them to identify)
 PEOPLE = [
@@ -39,94 +34,13 @@ PEOPLE = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def server_environment(models_dir: Path, data_dir: Path, **settings: str) -> dict[str, str]:
-    """The parent's environment without its FACEREC_* settings, plus the given ones."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
-    environment.update(
-        FACEREC_MODELS_DIR=str(models_dir),
-        FACEREC_DATA_DIR=str(data_dir),
-        FACEREC_LOG_LEVEL="WARNING",
-        FACEREC_AUTH="off",  # tests/hardening covers the keys
-        **{f"FACEREC_{name.upper()}": value for name, value in settings.items()},
-    )
-    return environment
+    """Keys off: tests/hardening covers them."""
+    return serving.server_environment(models_dir, data_dir, **{"auth": "off", **settings})
 
 
 def serve_command(port: int) -> list[str]:
     return [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
-
-
-class Server:
-    """One `facerec serve` child process on a free port, its output in a log file."""
-
-    def __init__(self, environment: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                serve_command(self.port),
-                cwd=REPO,
-                env=environment,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{self.log()}")
-
-    def kill_9(self) -> None:
-        self.process.kill()
-        assert self.process.wait(timeout=10) == -signal.SIGKILL
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-StartServer = Callable[..., Server]
-
-
-@pytest.fixture
-def start_server(models_dir: Path, tmp_path: Path) -> Iterator[StartServer]:
-    """``start_server(data_dir, **settings)``: a ready server; every one is stopped at the end."""
-    servers: list[Server] = []
-
-    def start(data_dir: Path, **settings: str) -> Server:
-        log_path = tmp_path / f"server-{len(servers)}.log"
-        server = Server(server_environment(models_dir, data_dir, **settings), log_path)
-        servers.append(server)
-        server.wait_ready()
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def upload(photo: Path) -> tuple[str, tuple[str, bytes]]:
@@ -151,7 +65,7 @@ def test_acknowledged_enrollments_survive_kill_9(
     start_server: StartServer, tmp_path: Path, lfw_photo: LfwPhoto
 ) -> None:
     data_dir = tmp_path / "gallery"
-    first = start_server(data_dir)
+    first = start_server(data_dir, auth="off")
     with httpx.Client(base_url=first.url, timeout=REQUEST_TIMEOUT_S) as http:
         for subject, person, enrolled, _ in PEOPLE:
             response = http.post(
@@ -163,7 +77,7 @@ def test_acknowledged_enrollments_survive_kill_9(
             assert response.status_code == 201, response.text
     first.kill_9()  # right after the last acknowledgement: no shutdown, no flush
 
-    second = start_server(data_dir)
+    second = start_server(data_dir, auth="off")
 
     with httpx.Client(base_url=second.url, timeout=REQUEST_TIMEOUT_S) as http:
         listing = http.get("/subjects", params={"collection": COLLECTION}).json()
@@ -243,7 +157,7 @@ def test_a_refused_start_follows_the_cli_error_contract(
 def test_concurrent_identify_requests_succeed_while_an_enroll_runs(
     start_server: StartServer, tmp_path: Path, lfw_photo: LfwPhoto
 ) -> None:
-    server = start_server(tmp_path / "gallery", inference_workers="2")
+    server = start_server(tmp_path / "gallery", auth="off", inference_workers="2")
     known, person, (enrolled,), probe = PEOPLE[1]
     newcomer, new_person, new_photos, new_probe = PEOPLE[0]
     with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:

@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from app.auth.store import KEYS_FILENAME, KeyStore
 from app.config import Settings
-from tests.hardening.serving import Server, server_environment
-
-StartServer = Callable[..., Server]
-
-
-@pytest.fixture
-def start_server(models_dir: Path, tmp_path: Path) -> Iterator[StartServer]:
-    """``start_server(data_dir, **settings)``: a ready server; all are stopped at the end."""
-    servers: list[Server] = []
-
-    def start(data_dir: Path, **settings: str) -> Server:
-        log_path = tmp_path / f"server-{len(servers)}.log"
-        server = Server(server_environment(models_dir, data_dir, **settings), log_path)
-        servers.append(server)
-        server.wait_ready()
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
 
 SettingsFactory = Callable[..., Settings]
 

@@ -27,7 +27,8 @@ from app.main import create_app
 if TYPE_CHECKING:
     from conftest import LfwPhoto
 
-    from tests.hardening.conftest import SettingsFactory, StartServer
+    from tests.hardening.conftest import SettingsFactory
+    from tests.serving import StartServer
 
 RUMSFELD = ("Donald_Rumsfeld", 39)
 BUSH = ("George_W_Bush", 7)

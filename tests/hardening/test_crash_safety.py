@@ -15,8 +15,7 @@ import httpx
 from tests.hardening.people import Person, lfw_people
 
 if TYPE_CHECKING:
-    from tests.hardening.conftest import StartServer
-    from tests.hardening.serving import Server
+    from tests.serving import Server, StartServer
 
 COLLECTION = "crash"
 CLIENTS = 4

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.hardening import hostile_images as img
-from tests.hardening.serving import Server, server_environment
+from tests.serving import Server, server_environment
 
 COLLECTION = "hostile"
 MAX_REQUEST_BYTES = 4 << 20

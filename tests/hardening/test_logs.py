@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from conftest import LfwPhoto
 
-    from tests.hardening.conftest import StartServer
+    from tests.serving import StartServer
 
 
 def test_logs_are_json_lines_with_request_ids_and_no_payloads(

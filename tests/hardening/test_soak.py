@@ -22,8 +22,7 @@ import httpx
 from tests.hardening.people import Person, lfw_people
 
 if TYPE_CHECKING:
-    from tests.hardening.conftest import StartServer
-    from tests.hardening.serving import Server
+    from tests.serving import Server, StartServer
 
 SOAK_SECONDS = float(os.environ.get("FACEREC_SOAK_SECONDS", "60"))
 CLIENTS = int(os.environ.get("FACEREC_SOAK_CLIENTS", "8"))

@@ -9,12 +9,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 60.0
 # Generous: a request that takes longer than this on 2 cores is a deadlock, not load.
 REQUEST_TIMEOUT_S = 120.0
@@ -99,3 +100,6 @@ class Server:
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"X-API-Key": key} if key else None
         return httpx.Client(base_url=self.url, timeout=REQUEST_TIMEOUT_S, headers=headers)
+
+
+StartServer = Callable[..., Server]
