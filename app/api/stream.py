@@ -3,7 +3,9 @@
 Protocol of ``/stream?collection=NAME``: the client sends frames as binary messages
 (JPEG; PNG, WebP and BMP decode too); frames are numbered 0, 1, 2... in the order
 sent. The server answers each frame it processes with one JSON text message
-(``FrameAnswer``). When frames arrive faster than they are processed, a frame
+(``FrameAnswer``) right after detection and tracking; recognition of the face due
+runs in the background (one at a time per stream) and its result shows from the
+next answer on. When frames arrive faster than they are processed, a frame
 still waiting when a newer one arrives is dropped (latest frame wins) and listed
 in the next answer's ``dropped``. Close codes:
 
@@ -33,9 +35,10 @@ from starlette.websockets import WebSocketState
 from app.api.deps import CollectionParam, run_inference
 from app.auth.dependencies import authorize_websocket
 from app.errors import FaceRecError, ImageTooLarge, InvalidImage, UnsupportedImageType
+from app.stream.background import BackgroundRecognition
 from app.stream.hub import StreamHub
 from app.stream.mailbox import Delivery, Frame, LatestFrameMailbox
-from app.stream.session import FrameResult, StreamSession
+from app.stream.session import FrameResult, RecognitionJob, RecognitionOutcome, StreamSession
 
 if TYPE_CHECKING:
     from app.main import Runtime
@@ -60,7 +63,10 @@ class FrameAnswer(BaseModel):
     width: int
     height: int
     faces: list[StreamFaceOut]
-    recognised: int = Field(description="faces run through the recognizer for this frame")
+    recognised: list[int] = Field(
+        description="tracks whose recognition finished since the previous answer and was "
+        "counted in their names for this one"
+    )
     dropped: list[int] = Field(description="frames skipped since the previous answer (<= 256)")
     dropped_count: int = Field(description="exact number of frames skipped since then")
     latency_ms: float = Field(description="server time from receiving the frame to this answer")
@@ -111,8 +117,10 @@ async def stream(websocket: WebSocket, collection: CollectionParam = "default") 
 async def _serve(
     websocket: WebSocket, session: StreamSession, runtime: Runtime, max_frame_bytes: int
 ) -> _Refusal | None:
-    """Read frames and answer them concurrently until the client leaves or a frame is refused."""
+    """Read frames, answer them and recognise faces concurrently until the client leaves or
+    a frame is refused; leaving cancels all three and waits for their inference threads."""
     mailbox = LatestFrameMailbox()
+    background = BackgroundRecognition()
     outcome: list[_Refusal] = []
     async with anyio.create_task_group() as tasks:
 
@@ -129,7 +137,8 @@ async def _serve(
             tasks.cancel_scope.cancel()
 
         tasks.start_soon(guarded, lambda: _receive(websocket, mailbox, max_frame_bytes))
-        tasks.start_soon(guarded, lambda: _answer(websocket, mailbox, session, runtime))
+        tasks.start_soon(guarded, lambda: _answer(websocket, mailbox, session, runtime, background))
+        tasks.start_soon(guarded, lambda: background.serve(partial(_recognise, session, runtime)))
     return outcome[0] if outcome else None
 
 
@@ -154,12 +163,23 @@ async def _receive(websocket: WebSocket, mailbox: LatestFrameMailbox, max_bytes:
 
 
 async def _answer(
-    websocket: WebSocket, mailbox: LatestFrameMailbox, session: StreamSession, runtime: Runtime
+    websocket: WebSocket,
+    mailbox: LatestFrameMailbox,
+    session: StreamSession,
+    runtime: Runtime,
+    background: BackgroundRecognition,
 ) -> None:
     while (delivery := await mailbox.take()) is not None:
         frame = delivery.frame
+        process = partial(
+            session.process,
+            frame.data,
+            frame.index,
+            background.collect(),
+            may_recognise=background.idle,
+        )
         try:
-            result = await run_inference(runtime, partial(session.process, frame.data, frame.index))
+            result = await run_inference(runtime, process)
         except (InvalidImage, UnsupportedImageType) as error:
             raise _Refusal(
                 status.WS_1003_UNSUPPORTED_DATA, f"frame {frame.index}: {error.message}"
@@ -168,7 +188,15 @@ async def _answer(
             raise _Refusal(
                 status.WS_1009_MESSAGE_TOO_BIG, f"frame {frame.index}: {error.message}"
             ) from error
+        if result.job is not None:
+            background.submit(result.job)
         await websocket.send_text(_answer_message(delivery, result).model_dump_json())
+
+
+async def _recognise(
+    session: StreamSession, runtime: Runtime, job: RecognitionJob
+) -> RecognitionOutcome:
+    return await run_inference(runtime, partial(session.recognise, job))
 
 
 def _answer_message(delivery: Delivery, result: FrameResult) -> FrameAnswer:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -50,25 +52,30 @@ def test_stream_names_people_and_keeps_their_track_ids_while_they_move(
 ) -> None:
     enroll_people(client, collection)
     with client.websocket_connect(f"/stream?collection={collection}") as socket:
-        alone = exchange(socket, moving_frames([(bush, (60, 100))], 8))
-        other = exchange(socket, moving_frames([(rumsfeld, (330, 120))], 8))
+        alone = exchange(socket, moving_frames([(bush, (60, 100))], 10))
+        other = exchange(socket, moving_frames([(rumsfeld, (330, 120))], 10))
         both = exchange(
-            socket, moving_frames([(bush, (40, 110)), (rumsfeld, (350, 110))], 8, step=(2, -2))
+            socket, moving_frames([(bush, (40, 110)), (rumsfeld, (350, 110))], 10, step=(2, -2))
         )
     answers = alone + other + both
-    assert [a["frame"] for a in answers] == list(range(24))
+    assert [a["frame"] for a in answers] == list(range(30))
     assert all(a["dropped"] == [] and a["dropped_count"] == 0 for a in answers)
     assert all((a["width"], a["height"]) == (640, 480) for a in answers)
 
-    # One person drifting across the frame: one track, named once the votes agree,
-    # never anyone else.
+    # One person drifting across the frame: one track, named once the votes agree (the
+    # recognitions run beside the answers and count from the next answer on), then named
+    # on every frame, never anyone else.
     bush_track = {only_face(a)["track_id"] for a in alone}
     assert len(bush_track) == 1
     names = [only_face(a)["subject"] for a in alone]
     assert set(names) <= {None, BUSH_NAME}
     assert names[-4:] == [BUSH_NAME] * 4
-    # Recognition is not repeated on every frame once the name is decided.
-    assert sum(a["recognised"] for a in alone) < len(alone)
+    assert names[names.index(BUSH_NAME) :] == [BUSH_NAME] * (len(names) - names.index(BUSH_NAME))
+    # ``recognised`` lists the tracks whose recognition was folded in for that answer;
+    # recognition is not repeated on every frame once the name is decided.
+    assert alone[0]["recognised"] == []  # the first frame's recognition was still running
+    assert all(set(a["recognised"]) <= bush_track for a in alone)
+    assert sum(len(a["recognised"]) for a in alone) < len(alone)
 
     # Someone else elsewhere: a new track with their name.
     rumsfeld_track = {only_face(a)["track_id"] for a in other}
@@ -142,6 +149,62 @@ def test_overloaded_stream_drops_stale_frames_and_answers_the_newest(
     for answer in answers:  # an answer reports the frames skipped since the previous one
         assert all(previous < index < answer["frame"] for index in answer["dropped"])
         previous = answer["frame"]
+
+
+def test_answers_do_not_wait_for_a_recognition_in_flight(
+    build_client: ClientFactory,
+    collection: str,
+    enroll_people: EnrollPeople,
+    bush: Any,
+    moving_frames: MovingFrames,
+    exchange: Exchange,
+) -> None:
+    # Two inference workers: a held recognition must not hold the only one (detection
+    # would wait for it, as with one worker a frame waits for a recognition running).
+    client = build_client(inference_workers=2)
+    enroll_people(client, collection)
+    hub = client.app.state.streams  # type: ignore[attr-defined]
+    real_embed = hub.engine.embed
+    entered, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def held_embed(image: Any, detections: Any) -> Any:
+        """The real recognizer, held until the test releases it."""
+        calls.append(len(detections))
+        entered.set()
+        release.wait(timeout=120)  # a safety net should the test fail before releasing
+        return real_embed(image, detections)
+
+    client.app.state.streams = replace(  # type: ignore[attr-defined]
+        hub, engine=replace(hub.engine, embed=held_embed)
+    )
+    frames = moving_frames([(bush, (60, 100))], 10)
+    back_and_forth = frames + frames[::-1]
+    try:
+        with client.websocket_connect(f"/stream?collection={collection}") as socket:
+            during = exchange(socket, frames[:1])
+            assert entered.wait(timeout=120)  # the first frame's recognition is running
+            during += exchange(socket, frames[1:6])
+            in_flight = len(calls)
+            release.set()
+            after: list[dict[str, Any]] = []
+            for step in range(60):  # a bound on frames, not on time
+                after += exchange(socket, [back_and_forth[step % len(back_and_forth)]])
+                if only_face(after[-1])["subject"] == BUSH_NAME:
+                    break
+    finally:
+        release.set()
+    answers = during + after
+    assert [a["frame"] for a in answers] == list(range(len(answers)))
+    track = {only_face(a)["track_id"] for a in answers}
+    assert len(track) == 1
+    # Held: every frame is still answered, unnamed, nothing folded, no second recognition.
+    assert in_flight == 1
+    assert all(only_face(a)["subject"] is None and a["recognised"] == [] for a in during)
+    # Released: the held result is folded into an answer once it is done, the name follows.
+    assert next(a["recognised"] for a in after if a["recognised"]) == list(track)
+    assert only_face(after[-1])["subject"] == BUSH_NAME
+    assert all(len(a["recognised"]) <= 1 for a in answers)
 
 
 @pytest.mark.parametrize(
