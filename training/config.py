@@ -87,8 +87,8 @@ class HeadConfig(_Section):
 
 class OptimConfig(_Section):
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr_head: float = Field(1e-3, gt=0)
-    lr_backbone: float = Field(2e-5, ge=0)
+    lr_head: float = Field(2e-3, gt=0)
+    lr_backbone: float = Field(1e-4, ge=0)
     weight_decay: float = Field(5e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
     warmup_epochs: float = Field(0.5, ge=0)
@@ -97,17 +97,17 @@ class OptimConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(4, ge=1)
+    epochs: int = Field(12, ge=1)
     batch_size: int = Field(64, ge=2)
     freeze: str = Field(
-        "last:2",
+        "last:7",
         pattern=_FREEZE_PATTERN,
         description="what trains: head | last:K (last K backbone groups) | all",
     )
     # "frozen": every BatchNorm keeps the base statistics (small fine-tuning sets give
     # poor batch statistics); "train": trainable groups update theirs.
     batchnorm: Literal["frozen", "train"] = "frozen"
-    patience: int = Field(2, ge=1, description="epochs without improvement before stopping")
+    patience: int = Field(4, ge=1, description="epochs without improvement before stopping")
     val_metric: Literal["auto", "frontal_profile", "pairs"] = "auto"
     seed: int = 0
     threads: int = Field(0, ge=0, description="torch CPU threads, 0 = all available cores")

@@ -305,7 +305,7 @@ def test_cli_reports_bad_input_without_a_traceback(
 
 def test_config_defaults_are_the_recipe():
     config = load_config()
-    assert config.train.freeze == "last:2"
+    assert config.train.freeze == "last:7"  # README, "Training": the measured CFP recipe
     assert config.head.kind == "arcface"
     assert config.head.margins() == (1.0, 0.5, 0.0)
     assert config.export.flip
