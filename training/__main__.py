@@ -407,7 +407,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         config=config,
         val=val,
         val_embeddings=tuned_val,
-        base_model=f"{backbone.source_name}@{backbone.source_sha256[:16]}",
+        base_model=backbone.source_ref,
         training={
             "base_sha256": backbone.source_sha256,
             "train_identities": len(split_document["train"]),
@@ -535,7 +535,7 @@ def run_export(args: argparse.Namespace) -> int:
         config=config,
         val=val,
         val_embeddings=val_embeddings,
-        base_model=f"{backbone.source_name}@{backbone.source_sha256[:16]}",
+        base_model=backbone.source_ref,
         training={
             "checkpoint": str(checkpoint),
             "epoch": int(payload["epoch"]),

@@ -81,6 +81,11 @@ class ImportedBackbone:
     dequantized: bool  # the source was INT8 and its weights were dequantised on import
     group_names: tuple[tuple[str, ...], ...]  # submodule names of each layer group
 
+    @property
+    def source_ref(self) -> str:
+        """``file@sha256-prefix``: the base model as manifests name it."""
+        return f"{self.source_name}@{self.source_sha256[:16]}"
+
     def layer_groups(self) -> list[nn.Module]:
         """The network cut into ordered groups, input to output; every parameter in one.
 
