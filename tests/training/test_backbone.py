@@ -12,17 +12,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import cv2  # noqa: E402 (after the skip: these tests need PyTorch)
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from torch import nn  # noqa: E402
 
-from app.inference.align import align_face  # noqa: E402
-from app.inference.loader import build_detector, load_model  # noqa: E402
 from app.inference.onnx_import import import_model  # noqa: E402
-from app.inference.session import RuntimeOptions  # noqa: E402
+from tests.training.faces import aligned_faces, service_detector  # noqa: E402
 from training.backbone import (  # noqa: E402
     ImportedBackbone,
     OnnxImportError,
@@ -44,22 +41,12 @@ LFW_PHOTOS = (
 def detect_and_align(models_dir: Path, data_root: Path) -> NDArray[np.uint8]:
     """Every face of the shared photos and the largest of a few LFW photos, aligned by the
     service's own detector (scrfd_500m) and ArcFace alignment: (N, 112, 112, 3) RGB."""
-    detector = build_detector(
-        load_model(
-            "scrfd_500m",
-            "detector",
-            models_dir=models_dir,
-            catalog_dir=None,
-            options=RuntimeOptions(),
-        )
-    )
+    detector = service_detector(models_dir)
     photos = sorted((data_root / "photos").iterdir())
     lfw = [data_root / "lfw" / "images" / n.rsplit("_", 1)[0] / f"{n}.jpg" for n in LFW_PHOTOS]
     faces = []
     for path in photos + lfw:
-        image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-        detections = detector.detect(image)
-        faces += [align_face(image, d.landmarks) for d in detections[: 1 if path in lfw else None]]
+        faces += aligned_faces(detector, path, 1 if path in lfw else None)
     return np.stack(faces)
 
 

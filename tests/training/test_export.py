@@ -12,17 +12,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import cv2  # noqa: E402 (after the skip: these tests need PyTorch)
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 from torch import nn  # noqa: E402
 
-from app.inference.align import align_face  # noqa: E402
 from app.inference.arcface import l2_normalize  # noqa: E402
-from app.inference.loader import build_detector, build_embedder, load_model  # noqa: E402
+from app.inference.loader import build_embedder, load_model  # noqa: E402
 from app.inference.manifest import file_sha256, load_manifest  # noqa: E402
 from app.inference.session import RuntimeOptions  # noqa: E402
+from tests.training.faces import aligned_faces, service_detector  # noqa: E402
 from training.backbone import ImportedBackbone, load_backbone, normalize_faces  # noqa: E402
 from training.export import (  # noqa: E402
     MODEL_FILE,
@@ -43,19 +42,10 @@ THRESHOLDS = {
 @pytest.fixture(scope="module")
 def faces(models_dir: Path, photos: Path) -> NDArray[np.uint8]:
     """Every face of the shared photos, found and aligned by the service's own code."""
-    detector = build_detector(
-        load_model(
-            "scrfd_500m",
-            "detector",
-            models_dir=models_dir,
-            catalog_dir=None,
-            options=RuntimeOptions(),
-        )
-    )
+    detector = service_detector(models_dir)
     aligned = []
     for path in sorted(photos.iterdir()):
-        image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-        aligned += [align_face(image, d.landmarks) for d in detector.detect(image)]
+        aligned += aligned_faces(detector, path)
     return np.stack(aligned)
 
 
