@@ -26,7 +26,7 @@ from app.auth.guard import Guard
 from app.config import Settings
 from app.core.pipeline import FacePipeline
 from app.core.service import FaceService, QualityGate
-from app.gallery.store import Gallery
+from app.gallery import open_gallery
 from app.inference.align import align_face
 from app.inference.image import decode_image
 from app.inference.loader import LoadedModel, build_detector, build_embedder, load_model
@@ -81,7 +81,9 @@ def build_runtime(settings: Settings) -> Runtime:
     assert manifest.embedding_dim is not None
     assert manifest.thresholds is not None
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    gallery = Gallery(settings.data_dir, model_id=manifest.model_id, dim=manifest.embedding_dim)
+    gallery = open_gallery(
+        data_dir=settings.data_dir, model_id=manifest.model_id, dim=manifest.embedding_dim
+    )
     try:
         guard = open_guard(
             settings.data_dir,

@@ -15,15 +15,16 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from app.core.types import FloatArray
+from app.core.types import FloatArray, NewFace
 from app.errors import FaceRecError
-from app.gallery.store import Gallery, NewFace
+from app.gallery import open_gallery
 from app.inference.loader import build_embedder, load_model
 from app.inference.session import RuntimeOptions
 from training.config import ConfigError, FinetuneConfig, dump_config, load_config
@@ -555,7 +556,7 @@ def gallery_model(data_dir: Path) -> tuple[str, int]:
     """The (model id, dim) a gallery was created with, read without opening it for writing."""
     import sqlite3
 
-    from app.gallery.schema import DB_FILENAME
+    from app.gallery.embedded.schema import DB_FILENAME
 
     path = data_dir / DB_FILENAME
     if not path.is_file():
@@ -586,8 +587,10 @@ def run_reembed(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.out} is not empty: re-embed into a new folder")
     copied = 0
     with (
-        Gallery(args.data_dir, model_id=old_id, dim=old_dim) as old,
-        Gallery(args.out, model_id=manifest.model_id, dim=manifest.embedding_dim) as new,
+        closing(open_gallery(data_dir=args.data_dir, model_id=old_id, dim=old_dim)) as old,
+        closing(
+            open_gallery(data_dir=args.out, model_id=manifest.model_id, dim=manifest.embedding_dim)
+        ) as new,
     ):
         total = old.total_faces()
         batch: list[tuple[Any, bytes]] = []

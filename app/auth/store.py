@@ -29,8 +29,8 @@ from app.auth.keys import (
     token_matches,
 )
 from app.errors import GalleryUnavailable, InvalidRequest, KeyNotFound, LastAdminKey
-from app.gallery.records import format_timestamp, parse_timestamp, utc_now
-from app.gallery.schema import transaction
+from app.storage import sqlite as sqlite_storage
+from app.storage.sqlite import format_timestamp, parse_timestamp, transaction, utc_now
 
 KEYS_FILENAME = "keys.sqlite3"
 SCHEMA_VERSION = 1
@@ -174,19 +174,9 @@ class KeyStore:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    connection.row_factory = sqlite3.Row
-    try:
-        connection.execute("PRAGMA journal_mode=WAL")
-        # FULL: a key that was shown to its owner survives a crash right after.
-        connection.execute("PRAGMA synchronous=FULL")
-        connection.execute("PRAGMA busy_timeout=5000")
-    except sqlite3.DatabaseError as exc:
-        connection.close()
-        raise GalleryUnavailable(
-            f"{path} is not a readable API key database: {exc}", path=str(path)
-        ) from exc
-    return connection
+    # FULL synchronous (the helper's default): a key that was shown to its owner
+    # survives a crash right after. The file is created owner-only.
+    return sqlite_storage.connect(path)
 
 
 def _ensure_schema(connection: sqlite3.Connection, path: Path) -> None:

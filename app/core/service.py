@@ -10,9 +10,10 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from app.core.gallery import Gallery
 from app.core.matching import assign_subjects
 from app.core.pipeline import FacePipeline
-from app.core.types import DecodedImage, Detection, EmbeddedFace, FaceRecord, SearchHit
+from app.core.types import DecodedImage, Detection, EmbeddedFace, FaceRecord, NewFace, SearchHit
 from app.errors import (
     FaceRecError,
     FaceTooSmall,
@@ -20,7 +21,6 @@ from app.errors import (
     MultipleFaces,
     NoFaceDetected,
 )
-from app.gallery.store import Gallery, NewFace
 
 FacePolicy = Literal["single", "largest"]
 Decoder = Callable[[bytes], DecodedImage]

@@ -60,6 +60,19 @@ class EmbeddedFace:
 
 
 @dataclass(frozen=True, slots=True)
+class NewFace:
+    """One face to enroll: where it came from, its embedding and its aligned crop."""
+
+    image_sha256: (
+        str  # of the source image's bytes; with the subject, it makes enrolment idempotent
+    )
+    bbox: tuple[float, float, float, float]  # x1, y1, x2, y2 in the source image
+    det_score: float
+    embedding: FloatArray = field(repr=False)  # (D,) float32, unit norm
+    aligned_png: bytes | None = field(default=None, repr=False)  # 112x112 aligned face, PNG
+
+
+@dataclass(frozen=True, slots=True)
 class FaceRecord:
     """A face stored in the gallery."""
 

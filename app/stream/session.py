@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from app.core.gallery import Gallery
 from app.core.matching import assign_subjects
 from app.core.types import DecodedImage, Detection, EmbeddedFace, ImageArray
-from app.gallery.store import Gallery
 from app.stream.reid import ReidPolicy, TrackIdentity, face_quality, select_for_recognition
 from app.stream.tracker import DEFAULT_MIN_IOU, TrackedFace, Tracker
 from app.stream.voting import IdentityVotes, Observation

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.core.types import FloatArray
-from app.gallery import Gallery, NewFace
+from app.core.types import FloatArray, NewFace
+from app.gallery.embedded import EmbeddedGallery as Gallery
 
 # Small vectors keep the suite fast; nothing in the gallery depends on the size.
 DIM = 32

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from app.core.types import FloatArray, SearchHit
-from app.gallery.index import INITIAL_FACES_PER_SUBJECT, CollectionIndex, best_hit_per_subject
+from app.gallery.embedded.index import (
+    INITIAL_FACES_PER_SUBJECT,
+    CollectionIndex,
+    best_hit_per_subject,
+)
 
 FACES = {1: ("alice", "a1"), 2: ("bob", "b1"), 3: ("alice", "a2"), 4: ("carol", "c1")}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from app.core.types import FloatArray
-from app.gallery import Gallery, NewFace
+from app.core.types import FloatArray, NewFace
+from app.gallery.embedded import EmbeddedGallery as Gallery
 
 UnitVectors = Callable[[int], FloatArray]
 MakeFace = Callable[..., NewFace]

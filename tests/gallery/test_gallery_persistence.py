@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from app.core.types import FloatArray
+from app.core.types import FloatArray, NewFace
 from app.errors import GalleryModelMismatch, GalleryUnavailable
-from app.gallery import Gallery, NewFace
-from app.gallery.schema import DB_FILENAME, SCHEMA_VERSION
+from app.gallery.embedded import EmbeddedGallery as Gallery
+from app.gallery.embedded.schema import DB_FILENAME, SCHEMA_VERSION
 
 UnitVectors = Callable[[int], FloatArray]
 MakeFace = Callable[..., NewFace]
@@ -165,7 +165,8 @@ CHILD = textwrap.dedent(
 
     import numpy as np
 
-    from app.gallery import Gallery, NewFace
+    from app.core.types import NewFace
+    from app.gallery.embedded import EmbeddedGallery as Gallery
 
     gallery = Gallery(Path(sys.argv[1]), model_id="test-recognizer-v1", dim=32)
     rng = np.random.default_rng(7)

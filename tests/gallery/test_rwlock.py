@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from app.gallery.rwlock import ReadWriteLock
+from app.gallery.embedded.rwlock import ReadWriteLock
 
 # Long enough for a thread that should get in to get in; only paid when a test fails
 # (or, in the negative checks, once per check).

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from app.config import Settings  # noqa: E402
 from app.errors import GalleryModelMismatch  # noqa: E402
-from app.gallery.store import Gallery  # noqa: E402
+from app.gallery.embedded import EmbeddedGallery as Gallery  # noqa: E402
 from app.inference.manifest import file_sha256, load_manifest  # noqa: E402
 from app.main import create_app  # noqa: E402
 from training.__main__ import main  # noqa: E402

@@ -8,20 +8,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from app.core.types import FaceRecord, FloatArray, SubjectSummary
-from app.gallery.records import (
+from app.core.types import FaceRecord, FloatArray, NewFace, SubjectSummary
+from app.gallery.embedded.records import (
     FACE_COLUMNS,
-    NewFace,
     decode_embeddings,
     encode_embedding,
     face_record_from_row,
-    format_timestamp,
     subject_summary_from_row,
 )
+from app.storage.sqlite import format_timestamp
 
 
 @dataclass(frozen=True, slots=True)
-class EmbeddingBatch:
+class EmbeddingRows:
     """Consecutive faces of one collection, ready for ``CollectionIndex.add``."""
 
     ids: list[int]
@@ -198,10 +197,14 @@ def collections(connection: sqlite3.Connection) -> list[str]:
 
 
 def embedding_batches(
-    connection: sqlite3.Connection, collection: str, *, dim: int, batch_size: int
-) -> Iterator[EmbeddingBatch]:
-    """All faces of a collection in id order, ``batch_size`` at a time."""
-    after_id = 0
+    connection: sqlite3.Connection,
+    collection: str,
+    *,
+    dim: int,
+    batch_size: int,
+    after_id: int = 0,
+) -> Iterator[EmbeddingRows]:
+    """The faces of a collection with ids above ``after_id``, in id order, a batch at a time."""
     while True:
         rows = connection.execute(
             "SELECT id, subject, face_id, embedding FROM faces "
@@ -210,7 +213,7 @@ def embedding_batches(
         ).fetchall()
         if not rows:
             return
-        yield EmbeddingBatch(
+        yield EmbeddingRows(
             ids=[row["id"] for row in rows],
             subjects=[row["subject"] for row in rows],
             face_ids=[row["face_id"] for row in rows],

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from app.errors import GalleryModelMismatch, GalleryUnavailable
-from app.gallery.records import format_timestamp, utc_now
+from app.storage import sqlite as sqlite_storage
+from app.storage.sqlite import format_timestamp, transaction, utc_now
 
 DB_FILENAME = "gallery.sqlite3"
 # Bump on any change to the tables below, and teach ``ensure_schema`` to migrate.
@@ -58,38 +57,8 @@ _TABLES = (
 
 
 def connect(db_path: Path) -> sqlite3.Connection:
-    """Open the database in autocommit mode (transactions are explicit) with durable settings."""
-    connection = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-    connection.row_factory = sqlite3.Row
-    try:
-        journal_mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if journal_mode != "wal":
-            raise GalleryUnavailable(
-                f"SQLite refused WAL journaling for {db_path} (got {journal_mode!r}); "
-                "put FACEREC_DATA_DIR on a local filesystem",
-                path=str(db_path),
-            )
-        # FULL: every commit is fsynced, so an acknowledged write survives power loss.
-        connection.execute("PRAGMA synchronous=FULL")
-        connection.execute("PRAGMA foreign_keys=ON")
-        connection.execute("PRAGMA busy_timeout=5000")
-    except BaseException:
-        connection.close()
-        raise
-    return connection
-
-
-@contextmanager
-def transaction(connection: sqlite3.Connection) -> Iterator[None]:
-    """Run the block in one write transaction; it has committed when the block exits."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
+    """The gallery database with durable settings and foreign keys enforced."""
+    return sqlite_storage.connect(db_path, foreign_keys=True)
 
 
 def ensure_schema(

@@ -29,22 +29,18 @@ from types import TracebackType
 
 import numpy as np
 
-from app.core.types import FaceRecord, FloatArray, SearchHit, SubjectSummary
+from app.core.gallery import BulkResult, EmbeddingBatch
+from app.core.types import FaceRecord, FloatArray, NewFace, SearchHit, SubjectSummary
 from app.errors import FaceNotFound, GalleryUnavailable, InvalidRequest, SubjectNotFound
-from app.gallery import repository
-from app.gallery.dirlock import DirectoryLock
-from app.gallery.index import CollectionIndex
-from app.gallery.records import (
-    NewFace,
-    require_text,
-    utc_now,
-    validate_embeddings,
-    validate_new_face,
-)
-from app.gallery.rwlock import ReadWriteLock
-from app.gallery.schema import DB_FILENAME, connect, ensure_schema, transaction
+from app.gallery.embedded import repository
+from app.gallery.embedded.dirlock import DirectoryLock
+from app.gallery.embedded.index import CollectionIndex
+from app.gallery.embedded.rwlock import ReadWriteLock
+from app.gallery.embedded.schema import DB_FILENAME, connect, ensure_schema
+from app.gallery.values import require_text, validate_embeddings, validate_new_face
+from app.storage.sqlite import transaction, utc_now
 
-__all__ = ["Gallery", "NewFace"]
+__all__ = ["EmbeddedGallery"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +50,7 @@ LOAD_BATCH_SIZE = 4096
 CROPS_PAGE_SIZE = 256
 
 
-class Gallery:
+class EmbeddedGallery:
     """Faces of enrolled subjects, per collection, searchable by embedding."""
 
     def __init__(self, path: Path, *, model_id: str, dim: int) -> None:
@@ -68,6 +64,7 @@ class Gallery:
         self._db_lock = threading.Lock()  # guards the connection and orders writers
         self._index_lock = ReadWriteLock()  # guards self._indexes
         self._closed = False
+        self._versions: dict[str, int] = {}  # writes per collection since open
         with ExitStack() as cleanup:
             self._directory_lock = DirectoryLock(path)
             cleanup.callback(self._directory_lock.release)
@@ -146,6 +143,47 @@ class Gallery:
                     ),
                 )
         return results
+
+    def add_faces_bulk(self, collection: str, faces: Sequence[tuple[str, NewFace]]) -> BulkResult:
+        """Enroll many ``(subject, face)`` pairs in one transaction; faces already there stay."""
+        require_text(collection, "collection")
+        for subject, face in faces:
+            require_text(subject, "subject")
+            validate_new_face(face, self._dim)
+        if not faces:
+            return BulkResult(added=0, existing=0)
+        added: list[tuple[int, FaceRecord, NewFace]] = []
+        with self._db_lock:
+            self._require_open()
+            now = utc_now()
+            with transaction(self._db):
+                for subject in dict.fromkeys(subject for subject, _ in faces):
+                    repository.ensure_subject(self._db, collection, subject, now)
+                for subject, face in faces:
+                    if repository.find_face_by_image(
+                        self._db, collection, subject, face.image_sha256
+                    ):
+                        continue
+                    faiss_id, record = repository.insert_face(
+                        self._db, collection, subject, face, model_id=self._model_id, now=now
+                    )
+                    added.append((faiss_id, record, face))
+                for subject in dict.fromkeys(record.subject for _, record, _ in added):
+                    repository.touch_subject(self._db, collection, subject, now)
+            if added:
+                embeddings = np.ascontiguousarray(
+                    np.stack([face.embedding for _, _, face in added]), dtype=np.float32
+                )
+                self._update_index(
+                    collection,
+                    lambda index: index.add(
+                        [faiss_id for faiss_id, _, _ in added],
+                        embeddings,
+                        [record.subject for _, record, _ in added],
+                        [record.face_id for _, record, _ in added],
+                    ),
+                )
+        return BulkResult(added=len(added), existing=len(faces) - len(added))
 
     def delete_subject(self, collection: str, subject: str) -> int:
         """Delete a subject and all its faces; returns how many faces went."""
@@ -226,6 +264,11 @@ class Gallery:
     def total_faces(self) -> int:
         return sum(self.stats().values())
 
+    def collection_version(self, collection: str) -> int:
+        """Writes to ``collection`` since this gallery was opened (the only writer)."""
+        with self._index_lock.read():
+            return self._versions.get(collection, 0)
+
     # --- listings (SQLite) --------------------------------------------------------------
 
     def list_subjects(
@@ -269,6 +312,32 @@ class Gallery:
                 yield record, png
             after_id = page[-1][0]
 
+    def export_embeddings(self, collection: str, *, batch_size: int) -> Iterator[EmbeddingBatch]:
+        """Every face of a collection in insertion order, ``batch_size`` at a time."""
+        require_text(collection, "collection")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        after_id = 0
+        while True:
+            with self._db_lock:
+                self._require_open()
+                batch = next(
+                    repository.embedding_batches(
+                        self._db,
+                        collection,
+                        dim=self._dim,
+                        batch_size=batch_size,
+                        after_id=after_id,
+                    ),
+                    None,
+                )
+            if batch is None:
+                return
+            yield EmbeddingBatch(
+                subjects=batch.subjects, face_ids=batch.face_ids, embeddings=batch.embeddings
+            )
+            after_id = batch.ids[-1]
+
     # --- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
@@ -281,7 +350,7 @@ class Gallery:
             self._db.close()
             self._directory_lock.release()
 
-    def __enter__(self) -> Gallery:
+    def __enter__(self) -> EmbeddedGallery:
         return self
 
     def __exit__(
@@ -316,6 +385,7 @@ class Gallery:
     def _update_index(self, collection: str, change: Callable[[CollectionIndex], None]) -> None:
         """Apply a committed change to FAISS. Caller holds ``_db_lock``."""
         with self._index_lock.write():
+            self._versions[collection] = self._versions.get(collection, 0) + 1
             index = self._indexes.get(collection)
             if index is None:
                 index = CollectionIndex(self._dim)

@@ -1,0 +1,1 @@
+"""Storage helpers shared by the gallery backends and the API key stores."""
