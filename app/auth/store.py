@@ -28,6 +28,7 @@ from app.auth.keys import (
     new_token,
     token_matches,
 )
+from app.core.names import clean_name
 from app.errors import GalleryUnavailable, InvalidRequest, KeyNotFound, LastAdminKey
 from app.gallery.records import format_timestamp, parse_timestamp, utc_now
 from app.gallery.schema import transaction
@@ -214,8 +215,9 @@ def _ensure_schema(connection: sqlite3.Connection, path: Path) -> None:
 
 
 def _validate_name(name: str) -> str:
-    clean = name.strip()
-    if not clean or len(clean) > NAME_MAX_LENGTH or not clean.isprintable():
+    """The one name policy (app.core.names), and printable: no tabs or odd spaces."""
+    clean = clean_name(name, field="name", max_length=NAME_MAX_LENGTH)
+    if not clean.isprintable():
         raise InvalidRequest(
             f"a key name must be 1 to {NAME_MAX_LENGTH} printable characters", field="name"
         )
