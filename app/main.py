@@ -135,6 +135,12 @@ def build_runtime(settings: Settings) -> Runtime:
         probe=declared_pixels,
         max_request_pixels=settings.max_request_pixels,
     )
+    admission = AdmissionGate(
+        settings.inference_workers + settings.inference_queue,
+        per_tenant=settings.resolved_inference_slots_per_key(),
+    )
+    turns = FairTurns(settings.inference_workers)
+    metrics.watch_admission(lambda: admission.in_use, lambda: turns.waiting)
     return Runtime(
         service=service,
         detector=detector,
@@ -143,11 +149,8 @@ def build_runtime(settings: Settings) -> Runtime:
         inference_limiter=anyio.CapacityLimiter(settings.inference_workers),
         guard=guard,
         metrics=metrics,
-        admission=AdmissionGate(
-            settings.inference_workers + settings.inference_queue,
-            per_tenant=settings.resolved_inference_slots_per_key(),
-        ),
-        turns=FairTurns(settings.inference_workers),
+        admission=admission,
+        turns=turns,
     )
 
 

@@ -73,6 +73,16 @@ async def admin_caller(caller: Caller) -> ApiKey | None:
 AdminCaller = Annotated[ApiKey | None, Depends(admin_caller)]
 
 
+def sees_gallery_detail(request: Request) -> bool:
+    """Whether the caller of an open endpoint (/ready, /metrics) may see collection names
+    and sizes: an admin key checked by the access middleware, or auth off."""
+    guard = guard_of(request)
+    if not guard.enabled:
+        return True
+    key = request.scope.get("state", {}).get(KEY_STATE)
+    return isinstance(key, ApiKey) and key.admin
+
+
 def authorize_websocket(websocket: WebSocket, collection: str) -> ApiKey | None:
     """Check a WebSocket handshake's key (``X-API-Key`` header or ``api_key`` query).
 
