@@ -14,8 +14,8 @@ Which paths need what (``access_for``):
   ``/metrics``;
 * admin key: ``/keys`` and below;
 * collection scope checked here too: ``/enroll``, ``/identify``, ``/subjects...``,
-  ``/faces/...`` (``collection`` query parameter, ``default`` when absent), and
-  ``/verify`` when it names a ``collection``;
+  ``/faces/...`` (``collection`` query parameter, ``default`` when absent; 422 when
+  it is not a collection name), and ``/verify`` when it names a ``collection``;
 * any other path: a valid key (so unknown paths reveal nothing to anonymous callers).
 
 WebSocket handshakes are authenticated by the stream route itself.
@@ -24,17 +24,19 @@ WebSocket handshakes are authenticated by the stream route itself.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable
 from urllib.parse import parse_qs
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.deps import COLLECTION_PATTERN
 from app.api.handlers import retry_headers, status_for
 from app.api.limits import CLOSE, send_error, tenant_var
 from app.auth.guard import Guard, require_admin, require_collection
 from app.auth.keys import ApiKey
-from app.errors import FaceRecError
+from app.errors import FaceRecError, InvalidRequest
 
 # scope["state"] entries: the resolved key (ApiKey or None), and its id for the access log.
 KEY_STATE = "api_key"
@@ -43,8 +45,11 @@ DEFAULT_COLLECTION = "default"
 _OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc"})
 _OPEN_PATHS |= {"/openapi.json"}
 _OPTIONAL_PATHS = frozenset({"/ready", "/metrics"})
-_COLLECTION_PATHS = frozenset({"/enroll", "/identify", "/subjects"})
-_COLLECTION_PREFIXES = ("/subjects/", "/faces/")
+# (method, path) of the routes bound to the ``collection`` parameter; other methods on
+# these paths only need a key (and get the router's 405).
+_COLLECTION_ROUTES = frozenset({("POST", "/enroll"), ("POST", "/identify"), ("GET", "/subjects")})
+_COLLECTION_PREFIXES = {"/subjects/": frozenset({"GET", "DELETE"}), "/faces/": {"DELETE"}}
+_COLLECTION_NAME = re.compile(COLLECTION_PATTERN)
 
 
 class Access(enum.Enum):
@@ -55,16 +60,18 @@ class Access(enum.Enum):
     ADMIN = "admin"
 
 
-def access_for(path: str, query: dict[str, list[str]]) -> Access:
+def access_for(method: str, path: str, query: dict[str, list[str]]) -> Access:
     if path in _OPEN_PATHS or path.startswith("/static/"):
         return Access.OPEN
     if path in _OPTIONAL_PATHS:
         return Access.OPTIONAL
     if path == "/keys" or path.startswith("/keys/"):
         return Access.ADMIN
-    if path in _COLLECTION_PATHS or path.startswith(_COLLECTION_PREFIXES):
+    if (method, path) in _COLLECTION_ROUTES:
         return Access.COLLECTION
-    if path == "/verify" and "collection" in query:
+    if any(path.startswith(p) and method in m for p, m in _COLLECTION_PREFIXES.items()):
+        return Access.COLLECTION
+    if (method, path) == ("POST", "/verify") and "collection" in query:
         return Access.COLLECTION
     return Access.KEY
 
@@ -84,8 +91,8 @@ class AccessMiddleware:
         root = scope.get("root_path", "")
         if root:
             path = path.removeprefix(root)
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        access = access_for(path, query)
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        access = access_for(scope["method"], path, query)
         token = Headers(scope=scope).get(self.header)
         if access is Access.OPEN or (access is Access.OPTIONAL and token is None):
             await self.app(scope, receive, send)
@@ -123,5 +130,11 @@ def _check(
     elif access is Access.COLLECTION:
         # The last value is the one FastAPI binds to the parameter.
         collection = query.get("collection", [DEFAULT_COLLECTION])[-1]
+        if not _COLLECTION_NAME.match(collection):
+            raise InvalidRequest(
+                "invalid request: collection must be 1 to 64 letters, digits, '_', '.' or "
+                "'-', starting with a letter or digit",
+                field="collection",
+            )
         require_collection(key, collection)
     return key

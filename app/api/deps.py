@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 # Collections are namespaces that may become file or metric names: keep them tame.
-_COLLECTION = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 # Subjects are people's names in any script, under the one name policy
 # (app.core.names); they appear in URL paths, so no slashes either.
 _SUBJECT_FORBIDDEN = re.compile(r"[/\\]")
@@ -35,7 +35,7 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated["Runtime", Depends(get_runtime)]
 CollectionParam = Annotated[
     str,
-    Query(pattern=_COLLECTION, description="gallery namespace; letters, digits, _ . -"),
+    Query(pattern=COLLECTION_PATTERN, description="gallery namespace; letters, digits, _ . -"),
 ]
 
 

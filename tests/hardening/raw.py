@@ -13,6 +13,12 @@ from pathlib import Path
 # headers) or promptly (the server's own timeouts of a few seconds); they are deadlines
 # for a hang, not performance assertions.
 ANSWER_CAP_S = 30.0
+# A well-formed start of a multipart upload (boundary "hostile"): what follows is the
+# file's bytes, trickled.
+PART_START = (
+    b'--hostile\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+    b"Content-Type: image/jpeg\r\n\r\n"
+)
 
 
 @dataclass
