@@ -1,4 +1,4 @@
-"""The ``facerec`` command: serve the API; list, fetch and verify models.
+"""The ``facerec`` command: serve the API; list, fetch and verify models; mint admin keys.
 
 A composition root: it reads the environment (through ``Settings``, plus
 ``FACEREC_MODELS_URL_BASE`` for mirrors) and hands plain values to the library.
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from app.auth.store import KEYS_FILENAME, KeyStore
 from app.config import Settings
 from app.errors import FaceRecError, ModelChecksumMismatch, ModelNotFound
 from app.inference.catalog import (
@@ -64,6 +65,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=_LOG_LEVELS, help="default: FACEREC_LOG_LEVEL")
     serve.set_defaults(handler=_serve)
 
+    keys = commands.add_parser(
+        "keys", help="API keys, from the machine itself (file access to the data folder)"
+    )
+    key_actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    mint = key_actions.add_parser(
+        "create-admin",
+        help="mint a new admin key (works while the server runs; prints the secret once)",
+    )
+    mint.add_argument("--name", default="admin (cli)", help="what the key is for")
+    mint.add_argument(
+        "--data-dir", type=Path, help="data folder (default: FACEREC_DATA_DIR or data)"
+    )
+    mint.set_defaults(handler=_create_admin_key)
+    listing_keys = key_actions.add_parser("list", help="every key: id, name, scope, revoked")
+    listing_keys.add_argument(
+        "--data-dir", type=Path, help="data folder (default: FACEREC_DATA_DIR or data)"
+    )
+    listing_keys.set_defaults(handler=_list_keys)
+
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument(
         "--dir", type=Path, help="models directory (default: FACEREC_MODELS_DIR or models-data)"
@@ -92,27 +112,65 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from app.main import build_runtime, create_app
+    from app.serving import listen, serve
 
     settings = Settings()
     log_level = args.log_level or settings.log_level.lower()
     configure_logging("DEBUG" if log_level == "trace" else log_level, settings.log_format)
-    # Load models and open the gallery before the server starts, so that a bad
-    # configuration ends here with one line on stderr and exit status 1.
-    runtime = build_runtime(settings)
-    uvicorn.run(
-        create_app(settings, runtime=runtime),
-        host=args.host,
-        port=args.port,
-        workers=1,
-        log_level=log_level,
-        # uvicorn's records go through the root handler (JSON, request ids); the app
-        # writes its own access log line with the route template and timing.
-        log_config=None,
-        access_log=False,
+    # The port first: a port in use must end here, before the first admin key is
+    # created and shown (it would be lost with the process).
+    sock = listen(args.host, args.port)
+    try:
+        # Load models and open the gallery before the server starts, so that a bad
+        # configuration ends here with one line on stderr and exit status 1.
+        runtime = build_runtime(settings)
+        serve(
+            create_app(settings, runtime=runtime),
+            sock,
+            log_level=log_level,
+            shutdown_grace_s=settings.shutdown_grace_s,
+            header_timeout_s=settings.header_timeout_s,
+        )
+    finally:
+        sock.close()
+    return EXIT_OK
+
+
+def _key_store(args: argparse.Namespace) -> KeyStore:
+    data_dir: Path = args.data_dir if args.data_dir is not None else Settings().data_dir
+    if not data_dir.is_dir():
+        raise OSError(f"{data_dir} is not a folder (FACEREC_DATA_DIR, or --data-dir)")
+    return KeyStore(data_dir / KEYS_FILENAME)
+
+
+def _create_admin_key(args: argparse.Namespace) -> int:
+    store = _key_store(args)
+    try:
+        issued = store.create(name=args.name, collections=(), admin=True)
+    finally:
+        store.close()
+    print(f"key id:    {issued.key.key_id}", file=sys.stderr)
+    print(
+        "X-API-Key (shown once, store it now; a running server accepts it at once):",
+        file=sys.stderr,
     )
+    print(issued.token)
+    return EXIT_OK
+
+
+def _list_keys(args: argparse.Namespace) -> int:
+    store = _key_store(args)
+    try:
+        keys = store.list_keys()
+    finally:
+        store.close()
+    rows = [("KEY ID", "NAME", "SCOPE", "REVOKED")]
+    for key in keys:
+        scope = "admin" if key.admin else ",".join(key.collections)
+        revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "-"
+        rows.append((key.key_id, key.name, scope, revoked))
+    _print_table(rows)
     return EXIT_OK
 
 

@@ -90,6 +90,23 @@ class Settings(BaseSettings):
         5, ge=0, description="processed frames a face may go undetected and keep its track"
     )
 
+    # --- abuse resistance (docs/security.md) -------------------------------------------
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="whole request body must arrive within this; else 408"
+    )
+    max_request_pixels: int = Field(
+        100_000_000, ge=10_000, description="sum of declared pixels of a request's images"
+    )
+    inference_slots_per_key: int = Field(
+        0, ge=0, description="admitted inference requests per API key; 0 = half of the slots"
+    )
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="on SIGTERM, seconds open requests get before they are cut"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="request line and headers must arrive within this"
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _split_providers(cls, values: dict[str, object]) -> dict[str, object]:
@@ -113,3 +130,9 @@ class Settings(BaseSettings):
             return self.intra_op_threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         return max(1, (cores or 1) // self.inference_workers)
+
+    def resolved_inference_slots_per_key(self) -> int:
+        """Admission slots one key may hold: half of all of them (rounded up) by default, so
+        a second tenant always finds room."""
+        slots = self.inference_workers + self.inference_queue
+        return min(slots, self.inference_slots_per_key or (slots + 1) // 2)

@@ -100,6 +100,18 @@ class RequestTooLarge(FaceRecError):
     code = "request_too_large"
 
 
+class RequestTimeout(FaceRecError):
+    """The request body did not arrive within FACEREC_BODY_TIMEOUT_S."""
+
+    code = "request_timeout"
+
+
+class ConcurrencyLimited(FaceRecError):
+    """The API key already has its share of the inference slots in use."""
+
+    code = "concurrency_limited"
+
+
 class KeyNotFound(FaceRecError):
     code = "key_not_found"
 
@@ -125,6 +137,12 @@ class SubjectNotFound(FaceRecError):
 
 class FaceNotFound(FaceRecError):
     code = "face_not_found"
+
+
+class NameConflict(FaceRecError):
+    """A different subject whose name looks the same already exists in the collection."""
+
+    code = "name_conflict"
 
 
 class GalleryModelMismatch(FaceRecError):

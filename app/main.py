@@ -19,16 +19,24 @@ from app.api import keys as key_routes
 from app.api import metrics as metrics_routes
 from app.api import recognition as recognition_routes
 from app.api import stream as stream_routes
+from app.api.access import AccessMiddleware
 from app.api.handlers import install_error_handlers
-from app.api.limits import AdmissionGate, AdmissionMiddleware, BodySizeLimitMiddleware
+from app.api.limits import (
+    AdmissionGate,
+    AdmissionMiddleware,
+    BodySizeLimitMiddleware,
+    BodyTimeoutMiddleware,
+    FairTurns,
+)
 from app.auth.bootstrap import open_guard
+from app.auth.dependencies import API_KEY_HEADER
 from app.auth.guard import Guard
 from app.config import Settings
 from app.core.pipeline import FacePipeline
 from app.core.service import FaceService, QualityGate
 from app.gallery import open_gallery
 from app.inference.align import align_face
-from app.inference.image import decode_image
+from app.inference.image import declared_pixels, decode_image
 from app.inference.loader import LoadedModel, build_detector, build_embedder, load_model
 from app.inference.session import RuntimeOptions
 from app.observability.logging import configure_logging
@@ -53,6 +61,7 @@ class Runtime:
     guard: Guard
     metrics: Metrics
     admission: AdmissionGate
+    turns: FairTurns
 
     def close(self) -> None:
         if self.guard.store is not None:
@@ -125,7 +134,15 @@ def build_runtime(settings: Settings) -> Runtime:
             min_face_size=settings.min_face_size, min_det_score=settings.min_det_score
         ),
         store_aligned_crops=settings.store_aligned_crops,
+        probe=declared_pixels,
+        max_request_pixels=settings.max_request_pixels,
     )
+    admission = AdmissionGate(
+        settings.inference_workers + settings.inference_queue,
+        per_tenant=settings.resolved_inference_slots_per_key(),
+    )
+    turns = FairTurns(settings.inference_workers)
+    metrics.watch_admission(lambda: admission.in_use, lambda: turns.waiting)
     return Runtime(
         service=service,
         detector=detector,
@@ -134,7 +151,8 @@ def build_runtime(settings: Settings) -> Runtime:
         inference_limiter=anyio.CapacityLimiter(settings.inference_workers),
         guard=guard,
         metrics=metrics,
-        admission=AdmissionGate(settings.inference_workers + settings.inference_queue),
+        admission=admission,
+        turns=turns,
     )
 
 
@@ -218,11 +236,22 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         runtime: Runtime | None = getattr(app.state, "runtime", None)
         return runtime.metrics if runtime else None
 
-    # Added innermost first: request context, then body size, then inference admission.
+    def guard() -> Guard | None:
+        runtime: Runtime | None = getattr(app.state, "runtime", None)
+        return runtime.guard if runtime else None
+
+    def body_timeout_s() -> float | None:
+        runtime: Runtime | None = getattr(app.state, "runtime", None)
+        return runtime.settings.body_timeout_s if runtime else None
+
+    # Added innermost first. Outermost: request context (ids, access log), then the key
+    # check from the headers, body size, body time, and inference admission last.
     app.add_middleware(
         AdmissionMiddleware, gate=admission, paths=recognition_routes.INFERENCE_PATHS
     )
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=body_timeout_s)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_request_bytes)
+    app.add_middleware(AccessMiddleware, guard=guard, header=API_KEY_HEADER)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.include_router(recognition_routes.router)
     app.include_router(gallery_routes.router)

@@ -139,8 +139,10 @@ class ReadyResponse(BaseModel):
     detector: ModelReadiness
     recognizer: ModelReadiness
     threshold: float
-    gallery_faces: int
-    collections: dict[str, int]
+    gallery_faces: int | None = Field(None, description="admin keys only (or auth off)")
+    collections: dict[str, int] | None = Field(
+        None, description="faces per collection; admin keys only (or auth off)"
+    )
 
 
 # --- API keys ---------------------------------------------------------------------------

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import anyio
 from fastapi import Depends, Query, Request, UploadFile
 
+from app.api.limits import current_tenant
+from app.core.names import clean_name
 from app.errors import ImageTooLarge, InvalidRequest
 from app.schemas import ModelInfo
 
@@ -19,12 +20,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 # Collections are namespaces that may become file or metric names: keep them tame.
-_COLLECTION = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-# Subjects are people's names in any script; they appear in URL paths, so no
-# slashes; and they get printed, so no control characters (C0, C1) and no
-# line or paragraph separators.
+COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# Subjects are people's names in any script, under the one name policy
+# (app.core.names); they appear in URL paths, so no slashes either.
 _SUBJECT_FORBIDDEN = re.compile(r"[/\\]")
-_SUBJECT_FORBIDDEN_CATEGORIES = {"Cc", "Zl", "Zp"}
 SUBJECT_MAX_LENGTH = 128
 
 
@@ -36,21 +35,15 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated["Runtime", Depends(get_runtime)]
 CollectionParam = Annotated[
     str,
-    Query(pattern=_COLLECTION, description="gallery namespace; letters, digits, _ . -"),
+    Query(pattern=COLLECTION_PATTERN, description="gallery namespace; letters, digits, _ . -"),
 ]
 
 
 def validate_subject(subject: str) -> str:
-    """Reject names that cannot be addressed in a URL or printed safely."""
-    name = subject.strip()
-    if not name or name in {".", ".."} or len(name) > SUBJECT_MAX_LENGTH:
-        raise InvalidRequest(
-            f"subject must be 1 to {SUBJECT_MAX_LENGTH} characters and not '.' or '..'",
-        )
-    if _SUBJECT_FORBIDDEN.search(name) or any(
-        unicodedata.category(char) in _SUBJECT_FORBIDDEN_CATEGORIES for char in name
-    ):
-        raise InvalidRequest("subject must not contain '/', '\\' or control characters")
+    """The subject's name under the name policy (NFC), addressable in a URL path."""
+    name = clean_name(subject, field="subject", max_length=SUBJECT_MAX_LENGTH)
+    if name in {".", ".."} or _SUBJECT_FORBIDDEN.search(name):
+        raise InvalidRequest("subject must not be '.' or '..' nor contain '/' or '\\'")
     return name
 
 
@@ -65,8 +58,13 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
 
 
 async def run_inference(runtime: Runtime, function: Callable[[], T]) -> T:
-    """Run blocking inference off the event loop, at most ``inference_workers`` at once."""
-    return await anyio.to_thread.run_sync(function, limiter=runtime.inference_limiter)
+    """Run one turn of blocking inference off the event loop.
+
+    At most ``inference_workers`` turns run at once; waiting turns are granted
+    round-robin across tenants (API keys, see ``app.api.limits.FairTurns``).
+    """
+    async with runtime.turns.turn(current_tenant()):
+        return await anyio.to_thread.run_sync(function, limiter=runtime.inference_limiter)
 
 
 def model_info(runtime: Runtime) -> ModelInfo:

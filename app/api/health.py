@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import anyio
+from fastapi import APIRouter, Request
 
 from app.api.deps import RuntimeDep
+from app.auth.dependencies import sees_gallery_detail
 from app.inference.loader import LoadedModel
 from app.schemas import HealthResponse, ModelReadiness, ReadyResponse
 
@@ -25,14 +27,24 @@ def _readiness(model: LoadedModel) -> ModelReadiness:
     )
 
 
-@router.get("/ready", response_model=ReadyResponse, summary="Models loaded and gallery open")
-async def ready(runtime: RuntimeDep) -> ReadyResponse:
-    collections = runtime.service.gallery.stats()
-    return ReadyResponse(
+@router.get(
+    "/ready",
+    response_model=ReadyResponse,
+    response_model_exclude_none=True,
+    summary="Models loaded and gallery open",
+)
+async def ready(runtime: RuntimeDep, request: Request) -> ReadyResponse:
+    """Open. Collection names and sizes are tenants' data: they are listed only for an
+    admin key (X-API-Key), or when API keys are off."""
+    response = ReadyResponse(
         status="ready",
         detector=_readiness(runtime.detector),
         recognizer=_readiness(runtime.recognizer),
         threshold=runtime.service.threshold,
-        gallery_faces=sum(collections.values()),
-        collections=collections,
+    )
+    if not sees_gallery_detail(request):
+        return response
+    collections = await anyio.to_thread.run_sync(runtime.service.gallery.stats)
+    return response.model_copy(
+        update={"gallery_faces": sum(collections.values()), "collections": collections}
     )

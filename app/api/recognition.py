@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Depends, File, Form, UploadFile, status
 
 from app.api.deps import (
@@ -111,9 +113,16 @@ async def enroll(
         )
         for index, upload in enumerate(images)
     ]
-    result = await run_inference(
-        runtime, lambda: runtime.service.enroll(collection, name, uploads, face_policy)
-    )
+    service = runtime.service
+    # Cheap refusals first (gallery and image headers, no inference), then one inference
+    # turn per photo so other tenants' requests interleave with a long enrollment.
+    await anyio.to_thread.run_sync(service.subject_names.check, collection, name)
+    await anyio.to_thread.run_sync(service.check_request_pixels, [data for _, data in uploads])
+    outcomes = [
+        await run_inference(runtime, partial(service.enrollment_face, filename, data, face_policy))
+        for filename, data in uploads
+    ]
+    result = await anyio.to_thread.run_sync(service.commit_enrollment, collection, name, outcomes)
     return EnrollResponse(
         collection=collection,
         subject=result.subject,

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request, Security, WebSocket
 from fastapi.security import APIKeyHeader
 
+from app.api.access import KEY_ID_STATE, KEY_STATE
 from app.api.deps import CollectionParam
 from app.auth.guard import Guard, require_admin, require_collection
 from app.auth.keys import ApiKey
@@ -35,10 +36,20 @@ def guard_of(request: Request | WebSocket) -> Guard:
 
 
 async def authenticated(request: Request, token: ApiKeyHeader) -> ApiKey | None:
-    """Any active key (charged to its rate limit); None when auth is off."""
+    """Any active key (charged to its rate limit once); None when auth is off.
+
+    The access middleware (``app.api.access``) normally checked the key from the
+    headers already and left it in the request state; this reuses it.
+    """
+    state = request.scope.get("state", {})
+    if KEY_STATE in state:
+        resolved: ApiKey | None = state[KEY_STATE]
+        return resolved
     key = guard_of(request).authenticate(token)
+    state = request.scope.setdefault("state", {})
+    state[KEY_STATE] = key
     if key is not None:
-        request.state.key_id = key.key_id  # for the access log
+        state[KEY_ID_STATE] = key.key_id  # for the access log
     return key
 
 
@@ -60,6 +71,16 @@ async def admin_caller(caller: Caller) -> ApiKey | None:
 
 
 AdminCaller = Annotated[ApiKey | None, Depends(admin_caller)]
+
+
+def sees_gallery_detail(request: Request) -> bool:
+    """Whether the caller of an open endpoint (/ready, /metrics) may see collection names
+    and sizes: an admin key checked by the access middleware, or auth off."""
+    guard = guard_of(request)
+    if not guard.enabled:
+        return True
+    key = request.scope.get("state", {}).get(KEY_STATE)
+    return isinstance(key, ApiKey) and key.admin
 
 
 def authorize_websocket(websocket: WebSocket, collection: str) -> ApiKey | None:

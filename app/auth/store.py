@@ -9,6 +9,13 @@ Active keys are cached in memory so a request is authenticated without touching
 SQLite; every change goes to SQLite first (one committed transaction) and then
 to the cache, under one lock. Revoked keys stay in the table (``revoked_at``) so
 listings keep their history and a key id is never reused.
+
+Another process may change the keys while the service runs (``facerec keys
+create-admin`` mints an admin key from the machine itself). SQLite's
+``data_version`` tells when any other connection committed: it is checked when a
+token names an unknown key id, and at most once a second otherwise, and the cache is
+then reloaded, so a minted key works at once and an outside revocation within a
+second.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +36,7 @@ from app.auth.keys import (
     new_token,
     token_matches,
 )
+from app.core.names import clean_name
 from app.errors import GalleryUnavailable, InvalidRequest, KeyNotFound, LastAdminKey
 from app.storage import sqlite as sqlite_storage
 from app.storage.sqlite import format_timestamp, parse_timestamp, transaction, utc_now
@@ -51,6 +60,8 @@ _TABLES = (
     """,
 )
 _COLUMNS = "key_id, name, key_hash, admin, collections, created_at, revoked_at"
+# Seconds between checks for keys changed by another process, while tokens are known.
+REFRESH_INTERVAL_S = 1.0
 
 
 class KeyStore:
@@ -65,22 +76,52 @@ class KeyStore:
         except BaseException:
             self._db.close()
             raise
-        self._active = {
-            row["key_id"]: (_key_from_row(row), row["key_hash"])
-            for row in rows
-            if row["revoked_at"] is None
-        }
+        self._active = _active_keys(rows)
         self._empty = not rows
+        # A second connection only asks SQLite whether anyone else committed.
+        self._poll_lock = threading.Lock()
+        try:
+            self._poll = _connect(path)
+            self._version = self._data_version()
+        except BaseException:
+            self._db.close()
+            raise
+        self._checked_at = time.monotonic()
 
     # --- requests ----------------------------------------------------------------------
 
     def authenticate(self, token: str) -> ApiKey | None:
-        """The active key ``token`` is, or None. Memory only: safe on the event loop."""
+        """The active key ``token`` is, or None. Memory, plus a cheap SQLite version
+        check (no disk read) when the key id is unknown or once a second: safe on the
+        event loop."""
         key_id = key_id_of(token)
-        entry = self._active.get(key_id) if key_id else None
+        if key_id is None:
+            return None
+        self._refresh(force=key_id not in self._active)
+        entry = self._active.get(key_id)
         if entry is None or not token_matches(token, entry[1]):
             return None
         return entry[0]
+
+    def _refresh(self, *, force: bool) -> None:
+        """Reload the active keys if another connection committed since the last look."""
+        now = time.monotonic()
+        if not force and now - self._checked_at < REFRESH_INTERVAL_S:
+            return
+        with self._poll_lock:
+            self._checked_at = now
+            version = self._data_version()
+            if version == self._version:
+                return
+            self._version = version
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM api_keys").fetchall()
+            self._active = _active_keys(rows)
+            self._empty = not rows
+
+    def _data_version(self) -> int:
+        version: int = self._poll.execute("PRAGMA data_version").fetchone()[0]
+        return version
 
     # --- management (blocking: SQLite commits) ---------------------------------------------
 
@@ -169,8 +210,9 @@ class KeyStore:
         )
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._poll_lock:
             self._db.close()
+            self._poll.close()
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -204,12 +246,21 @@ def _ensure_schema(connection: sqlite3.Connection, path: Path) -> None:
 
 
 def _validate_name(name: str) -> str:
-    clean = name.strip()
-    if not clean or len(clean) > NAME_MAX_LENGTH or not clean.isprintable():
+    """The one name policy (app.core.names), and printable: no tabs or odd spaces."""
+    clean = clean_name(name, field="name", max_length=NAME_MAX_LENGTH)
+    if not clean.isprintable():
         raise InvalidRequest(
             f"a key name must be 1 to {NAME_MAX_LENGTH} printable characters", field="name"
         )
     return clean
+
+
+def _active_keys(rows: Sequence[sqlite3.Row]) -> dict[str, tuple[ApiKey, str]]:
+    return {
+        row["key_id"]: (_key_from_row(row), row["key_hash"])
+        for row in rows
+        if row["revoked_at"] is None
+    }
 
 
 def _key_from_row(row: sqlite3.Row) -> ApiKey:

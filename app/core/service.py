@@ -13,17 +13,22 @@ from PIL import Image
 from app.core.gallery import Gallery
 from app.core.matching import assign_subjects
 from app.core.pipeline import FacePipeline
+from app.core.subjects import SubjectNames
 from app.core.types import DecodedImage, Detection, EmbeddedFace, FaceRecord, NewFace, SearchHit
 from app.errors import (
     FaceRecError,
     FaceTooSmall,
+    InvalidRequest,
     LowDetectionScore,
     MultipleFaces,
     NoFaceDetected,
+    RequestTooLarge,
 )
 
 FacePolicy = Literal["single", "largest"]
 Decoder = Callable[[bytes], DecodedImage]
+# Pixels an image's header declares, without decoding it (0: not an accepted image).
+PixelProbe = Callable[[bytes], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +109,8 @@ class FaceService:
         threshold: float,
         gate: QualityGate,
         store_aligned_crops: bool = True,
+        probe: PixelProbe | None = None,
+        max_request_pixels: int | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.gallery = gallery
@@ -111,6 +118,24 @@ class FaceService:
         self.threshold = threshold
         self.gate = gate
         self.store_aligned_crops = store_aligned_crops
+        self.probe = probe
+        self.max_request_pixels = max_request_pixels
+        self.subject_names = SubjectNames(gallery)
+
+    def check_request_pixels(self, images: Sequence[bytes]) -> None:
+        """Refuse a request whose images declare more pixels in all than allowed, before
+        any of them is decoded (``RequestTooLarge``)."""
+        if self.probe is None or self.max_request_pixels is None:
+            return
+        total = sum(self.probe(data) for data in images)
+        if total > self.max_request_pixels:
+            raise RequestTooLarge(
+                f"the request's images declare {total} pixels in all; at most "
+                f"{self.max_request_pixels} are accepted per request "
+                "(FACEREC_MAX_REQUEST_PIXELS)",
+                pixels=total,
+                max_pixels=self.max_request_pixels,
+            )
 
     def embed(self, data: bytes) -> list[EmbeddedFace]:
         return self.pipeline.analyze(self.decode(data).pixels)
@@ -124,27 +149,38 @@ class FaceService:
     ) -> EnrollResult:
         """Enroll one face per image; bad images are rejected individually with a reason.
 
-        Raises the first rejection's error when no image could be enrolled.
+        Raises the first rejection's error when no image could be enrolled. The HTTP
+        route runs the same steps with one inference turn per image.
         """
-        accepted: list[NewFace] = []
-        rejected: list[Rejection] = []
-        for name, data in images:
-            try:
-                image = self.decode(data)
-                face = select_enrollment_face(self.pipeline.detect(image.pixels), policy, self.gate)
-                (embedded,) = self.pipeline.embed(image.pixels, [face])
-            except FaceRecError as error:
-                rejected.append(Rejection(image=name, error=error))
-                continue
-            accepted.append(
-                NewFace(
-                    image_sha256=image.sha256,
-                    bbox=face.bbox,
-                    det_score=face.score,
-                    embedding=embedded.embedding,
-                    aligned_png=encode_png(embedded.aligned) if self.store_aligned_crops else None,
-                )
-            )
+        self.subject_names.check(collection, subject)
+        self.check_request_pixels([data for _, data in images])
+        outcomes = [self.enrollment_face(name, data, policy) for name, data in images]
+        return self.commit_enrollment(collection, subject, outcomes)
+
+    def enrollment_face(self, name: str, data: bytes, policy: FacePolicy) -> NewFace | Rejection:
+        """The face one enrollment photo contributes, or why it contributes none."""
+        try:
+            image = self.decode(data)
+            face = select_enrollment_face(self.pipeline.detect(image.pixels), policy, self.gate)
+            (embedded,) = self.pipeline.embed(image.pixels, [face])
+        except FaceRecError as error:
+            return Rejection(image=name, error=error)
+        return NewFace(
+            image_sha256=image.sha256,
+            bbox=face.bbox,
+            det_score=face.score,
+            embedding=embedded.embedding,
+            aligned_png=encode_png(embedded.aligned) if self.store_aligned_crops else None,
+        )
+
+    def commit_enrollment(
+        self, collection: str, subject: str, outcomes: Sequence[NewFace | Rejection]
+    ) -> EnrollResult:
+        """Store the accepted faces (one transaction), refusing a look-alike subject name."""
+        if not outcomes:
+            raise InvalidRequest("an enrollment needs at least one image")
+        accepted = [outcome for outcome in outcomes if isinstance(outcome, NewFace)]
+        rejected = [outcome for outcome in outcomes if isinstance(outcome, Rejection)]
         if not accepted:
             first = rejected[0].error
             first.details.setdefault(
@@ -155,7 +191,8 @@ class FaceService:
                 ],
             )
             raise first
-        faces = self.gallery.add_faces(collection, subject, accepted)
+        with self.subject_names.claim(collection, subject):
+            faces = self.gallery.add_faces(collection, subject, accepted)
         return EnrollResult(subject=subject, faces=faces, rejected=rejected)
 
     def identify(
@@ -186,6 +223,7 @@ class FaceService:
     def verify_images(self, data_a: bytes, data_b: bytes, threshold: float | None) -> Verification:
         """Similarity of the largest face of each photo."""
         limit = self.threshold if threshold is None else threshold
+        self.check_request_pixels([data_a, data_b])
         first, second = self._largest_face(data_a), self._largest_face(data_b)
         similarity = float(np.dot(first.embedding, second.embedding))
         return Verification(similarity=similarity, threshold=limit, match=similarity >= limit)

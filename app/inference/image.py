@@ -158,3 +158,16 @@ def _scale_16bit_to_8bit(samples: NDArray[np.generic]) -> ImageArray:
     wide += 128
     wide //= 257
     return wide.astype(np.uint8)
+
+
+def declared_pixels(data: bytes) -> int:
+    """Pixels the image header of ``data`` declares (headers only, nothing decoded).
+
+    0 for bytes no accepted plugin opens: ``decode_image`` reports those properly.
+    """
+    try:
+        with _open_accepted(data) as image:
+            width, height = image.size
+    except FaceRecError:
+        return 0
+    return max(0, width) * max(0, height)

@@ -3,7 +3,8 @@
 One registry per ``Metrics`` (not prometheus_client's global one), so several apps
 in one process (tests, benchmarks) never collide. Labels are bounded: routes are
 templates (``/subjects/{subject}``), never raw paths; codes are the stable error
-codes; collections are the gallery's own (validated names).
+codes; collections are the gallery's own (validated names), kept in a registry of
+their own that is rendered only for callers allowed to see tenants' names.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class _GalleryCollector(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.gallery_registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self.request_seconds = Histogram(
             "facerec_http_request_duration_seconds",
@@ -110,13 +112,30 @@ class Metrics:
     # --- wiring and export -----------------------------------------------------------------
 
     def watch_gallery(self, stats: Callable[[], dict[str, int]]) -> None:
-        self.registry.register(_GalleryCollector(stats))
+        self.gallery_registry.register(_GalleryCollector(stats))
+
+    def watch_admission(self, in_use: Callable[[], int], waiting: Callable[[], int]) -> None:
+        """Admitted inference requests, and inference turns waiting (read at scrape time)."""
+        admitted = Gauge(
+            "facerec_inference_admitted",
+            "Inference requests admitted (running, queued or receiving their body)",
+            registry=self.registry,
+        )
+        admitted.set_function(in_use)
+        queued = Gauge(
+            "facerec_inference_turns_waiting",
+            "Inference turns waiting for a worker",
+            registry=self.registry,
+        )
+        queued.set_function(waiting)
 
     def error(self, code: str) -> None:
         self.errors.labels(code).inc()
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, gallery_detail: bool = False) -> bytes:
+        """The exposition; with ``gallery_detail``, faces per collection too."""
+        body = generate_latest(self.registry)
+        return body + generate_latest(self.gallery_registry) if gallery_detail else body
 
 
 def timed(metrics: Metrics, stage: str, function: Callable[P, T]) -> Callable[P, T]:

@@ -60,7 +60,7 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         try:
             if scope["type"] == "websocket":
-                await self.app(scope, receive, send)
+                await self._websocket(scope, receive, send)
             else:
                 await self._http(scope, receive, send, request_id)
         finally:
@@ -88,6 +88,57 @@ class RequestContextMiddleware:
             raise
         finally:
             self._record(scope, metrics, status, time.perf_counter() - started)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One access line when the socket ends: route, close code, how long, whose key.
+
+        Never the URL: its query string may carry a key. The close code is the server's
+        (1000 when the client left first); 403 when the handshake was refused.
+        """
+        accepted = False
+        code: int | None = None
+        started = time.perf_counter()
+
+        async def watching_send(message: Message) -> None:
+            nonlocal accepted, code
+            if message["type"] == "websocket.accept":
+                accepted = True
+            elif message["type"] == "websocket.close" and code is None:
+                code = int(message.get("code", 1000)) if accepted else 403
+            elif message["type"] == "websocket.http.response.start" and code is None:
+                code = int(message["status"])
+            await send(message)
+
+        async def watching_receive() -> Message:
+            nonlocal code
+            message = await receive()
+            if message["type"] == "websocket.disconnect" and code is None:
+                code = int(message.get("code", 1000))
+            return message
+
+        try:
+            await self.app(scope, watching_receive, watching_send)
+        except Exception:
+            code = 1011
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            route = route_template(scope, 0)
+            final = 1000 if code is None else code
+            access_logger.info(
+                "WS %s %s %d %.1f ms",
+                route,
+                "closed" if accepted else "refused",
+                final,
+                seconds * 1000,
+                extra={
+                    "method": "WS",
+                    "route": route,
+                    "status": final,
+                    "duration_ms": round(seconds * 1000, 2),
+                    "key_id": scope.get("state", {}).get("key_id"),
+                },
+            )
 
     @staticmethod
     def _record(scope: Scope, metrics: Metrics | None, status: int, seconds: float) -> None:

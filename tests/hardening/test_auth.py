@@ -282,9 +282,9 @@ def test_the_secret_is_stored_only_as_a_hash(secured: tuple[TestClient, str, Pat
 
 def test_open_endpoints_need_no_key(secured: tuple[TestClient, str, Path]) -> None:
     client, _, _ = secured
-    for path in ("/health", "/ready", "/metrics", "/docs", "/openapi.json"):
+    for path in ("/health", "/ready", "/metrics", "/docs", "/openapi.json", "/"):
         assert client.get(path).status_code == 200, path
-    assert client.get("/").status_code not in (401, 403)
+    assert client.get("/static/app.js").status_code == 200
 
 
 def test_the_schema_declares_the_api_key_scheme(secured: tuple[TestClient, str, Path]) -> None:

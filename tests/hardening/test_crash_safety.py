@@ -135,6 +135,7 @@ def test_acknowledged_enrollments_survive_kill_9_during_concurrent_enrollments(
             ).json()["faces"]
             matches = [face["match"]["subject"] for face in found if face["match"]]
             assert ack.subject in matches, f"{ack.subject} is not identifiable after restart"
+    with second.client(admin) as http:  # collection sizes are for admin keys
         ready = http.get("/ready").json()
     assert all(count >= 1 for count in listed.values())
     assert ready["collections"].get(COLLECTION, 0) == sum(listed.values())

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from app.api.limits import AdmissionGate
+from app.api.limits import Admission, AdmissionGate
 from app.auth.guard import Guard, require_collection
 from app.auth.keys import ApiKey, hash_token, key_id_of, new_token, token_matches
 from app.auth.ratelimit import RateLimiter
@@ -99,9 +99,13 @@ def test_guard_errors_carry_their_codes_and_retry_after() -> None:
 
 def test_the_admission_gate_admits_up_to_its_capacity() -> None:
     gate = AdmissionGate(2)
-    assert [gate.try_enter(), gate.try_enter(), gate.try_enter()] == [True, True, False]
+    assert [gate.try_enter(), gate.try_enter(), gate.try_enter()] == [
+        Admission.ADMITTED,
+        Admission.ADMITTED,
+        Admission.BUSY,
+    ]
     gate.leave()
-    assert gate.try_enter()
+    assert gate.try_enter() is Admission.ADMITTED
     with pytest.raises(ValueError, match="capacity"):
         AdmissionGate(0)
 

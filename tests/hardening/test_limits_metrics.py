@@ -90,26 +90,8 @@ def test_a_body_under_the_limit_is_served(app_client: TestClient, grey_png: byte
 
 
 # --- admission ------------------------------------------------------------------------------
-
-
-def test_a_full_service_answers_503_at_once_with_retry_after(
-    app_client: TestClient, grey_png: bytes
-) -> None:
-    gate: AdmissionGate = app_client.app.state.runtime.admission  # type: ignore[attr-defined]
-    taken = gate.capacity - gate.in_use
-    gate.in_use += taken  # every worker and queue slot busy
-    try:
-        busy = app_client.post("/identify", files={"image": ("grey.png", grey_png)})
-        listing = app_client.get("/subjects")  # no inference: not admitted, not refused
-    finally:
-        gate.in_use -= taken
-    assert busy.status_code == 503
-    assert busy.json()["code"] == "server_busy"
-    assert busy.headers["Retry-After"] == "1"
-    assert listing.status_code == 200
-    after = app_client.post("/identify", files={"image": ("grey.png", grey_png)})
-    assert after.status_code == 200
-    assert gate.in_use == 0
+# A real overload of every inference route (slots held by real connections) is in
+# test_edge.py; this checks the middleware alone.
 
 
 def test_the_admission_middleware_refuses_only_beyond_capacity() -> None:
