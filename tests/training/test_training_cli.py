@@ -245,7 +245,8 @@ def test_reembed_moves_a_gallery_to_the_new_recognizer(
         auth=True,
     )
     with TestClient(create_app(settings)) as client:  # the keys came along
-        assert client.get("/ready").json()["gallery_faces"] == 1
+        listing = client.get("/subjects", headers=key).json()
+        assert [(s["subject"], s["face_count"]) for s in listing["items"]] == [(identity, 1)]
         probe = photo(small_data, identity, "frontal", 2)
         response = client.post(
             "/identify", files={"image": (probe.name, probe.read_bytes())}, headers=key
