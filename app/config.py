@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     stream_send_timeout_s: float = Field(
         10.0, gt=0, description="an answer the client does not take this long closes the stream"
     )
+    stream_instant_margin: float | None = Field(
+        0.2, ge=0, description="one match this far above the threshold names a face at once"
+    )
     stream_split_similarity: float = Field(
         0.92, ge=-1, le=1, description="appearance similarity under which a face is re-checked"
     )

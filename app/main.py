@@ -160,7 +160,13 @@ def build_stream_hub(runtime: Runtime) -> StreamHub:
             interval=settings.stream_reid_interval,
             max_per_frame=settings.stream_max_recognitions_per_frame,
         ),
-        votes=VoteRule(window=settings.stream_vote_window, min_votes=settings.stream_min_votes),
+        votes=VoteRule(
+            window=settings.stream_vote_window,
+            min_votes=settings.stream_min_votes,
+            instant_similarity=None
+            if settings.stream_instant_margin is None
+            else runtime.service.threshold + settings.stream_instant_margin,
+        ),
         tracking=TrackRule(max_missed=settings.stream_max_missed_frames),
         unknowns=unknowns,
         split_similarity=settings.stream_split_similarity,

@@ -10,7 +10,7 @@ profile, a blur, a tiny face) is enough to make a crop poor:
   eyes' and mouth's midline in units of the (projected) eye distance: 0 frontal,
   about 0.7 for a three-quarter view that the recognizer still names well (LFW),
   beyond 1 towards profile; pitch is where the nose sits between the eye line and
-  the mouth line (0.49 on the ArcFace template). Each gives a factor that falls
+  the mouth line (0.495 on the ArcFace template). Each gives a factor that falls
   quadratically from 1 at the template to 0 at ``MAX_YAW`` / ``MAX_PITCH_OFFSET``;
 - sharpness (``appearance.FaceView.sharpness``): half weight, as blur costs the
   recognizer less than pose does. Sharp LFW faces measure about 0.55 (median) at
@@ -24,33 +24,46 @@ from __future__ import annotations
 import numpy as np
 
 from app.core.types import Detection
+from app.inference.align import ARCFACE_TEMPLATE
 
 ALIGNED_SIDE = 112.0
 MAX_YAW = 1.3
-TEMPLATE_PITCH = 0.49
 MAX_PITCH_OFFSET = 0.4
 SHARP_ENOUGH = 0.3  # sharpness at and above which a view counts as fully sharp
 
 
-def pose_factor(landmarks: np.ndarray) -> float:
-    """1.0 for a frontal face, falling to 0.0 at strong yaw or pitch."""
+def yaw_and_pitch(landmarks: np.ndarray) -> tuple[float, float] | None:
+    """(yaw, pitch) as defined above; None for degenerate landmarks."""
     left_eye, right_eye, nose, left_mouth, right_mouth = (
-        landmarks[i].astype(np.float64) for i in range(5)
+        np.asarray(landmarks[i], dtype=np.float64) for i in range(5)
     )
     eyes = right_eye - left_eye
     eye_distance = float(np.linalg.norm(eyes))
     if eye_distance < 1e-3:
-        return 0.0
+        return None
     across = eyes / eye_distance
     eye_mid, mouth_mid = (left_eye + right_eye) / 2, (left_mouth + right_mouth) / 2
     midline = (eye_mid + mouth_mid) / 2
-    yaw = float(np.dot(nose - midline, across)) / eye_distance
     down = np.array([-across[1], across[0]])
     face_height = float(np.dot(mouth_mid - eye_mid, down))
     if face_height < 1e-3:
+        return None
+    yaw = float(np.dot(nose - midline, across)) / eye_distance
+    return yaw, float(np.dot(nose - eye_mid, down)) / face_height
+
+
+_TEMPLATE_POSE = yaw_and_pitch(ARCFACE_TEMPLATE)
+assert _TEMPLATE_POSE is not None  # invariant: the template is not degenerate
+TEMPLATE_YAW, TEMPLATE_PITCH = _TEMPLATE_POSE
+
+
+def pose_factor(landmarks: np.ndarray) -> float:
+    """1.0 for a face posed like the template, falling to 0.0 at strong yaw or pitch."""
+    pose = yaw_and_pitch(landmarks)
+    if pose is None:
         return 0.0
-    pitch = float(np.dot(nose - eye_mid, down)) / face_height
-    yaw_factor = max(0.0, 1.0 - (yaw / MAX_YAW) ** 2)
+    yaw, pitch = pose
+    yaw_factor = max(0.0, 1.0 - ((yaw - TEMPLATE_YAW) / MAX_YAW) ** 2)
     pitch_factor = max(0.0, 1.0 - ((pitch - TEMPLATE_PITCH) / MAX_PITCH_OFFSET) ** 2)
     return yaw_factor * pitch_factor
 

@@ -54,6 +54,7 @@ __all__ = ["StreamFace", "StreamSession"]
 class VoteRule:
     window: int = 5
     min_votes: int = 2
+    instant_similarity: float | None = None  # one match this close decides at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +256,7 @@ class StreamSession:
                 new_id = self.tracker.split(face.track_id)
                 del self.identities[face.track_id]
                 tracked[index] = face = TrackedFace(new_id, face.detection, is_new=True)
+                self._identity(new_id)
                 split.append(new_id)
             self._fold_one(face.track_id, recognition, job, position)
         return split
@@ -326,7 +328,10 @@ class StreamSession:
             rule = self.engine.votes
             identity = TrackIdentity(
                 IdentityVotes(
-                    threshold=self.engine.threshold, window=rule.window, min_votes=rule.min_votes
+                    threshold=self.engine.threshold,
+                    window=rule.window,
+                    min_votes=rule.min_votes,
+                    instant_similarity=rule.instant_similarity,
                 )
             )
             self.identities[track_id] = identity
