@@ -171,12 +171,12 @@ async def _run(websocket: WebSocket, tally: _Tally) -> tuple[int, str]:
             status.WS_1013_TRY_AGAIN_LATER,
             f"server_busy: {hub.slots.capacity} streams are open; try again later",
         )
-    hub.metrics.open.labels(tally.camera).inc()
+    hub.metrics.stream_opened(tally.camera)
     try:
         session = hub.engine.open_session(collection, tally.key_id)
         outcome = await _serve(websocket, session, runtime, hub, access, tally)
     finally:
-        hub.metrics.open.labels(tally.camera).dec()
+        hub.metrics.stream_closed(tally.camera)
         hub.slots.release(tally.key_id)
     if outcome is None:
         return status.WS_1000_NORMAL_CLOSURE, ""

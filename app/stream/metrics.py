@@ -126,6 +126,16 @@ class StreamMetrics:
         self.open = Gauge("facerec_streams_open", "Open streams", ["camera"], registry=registry)
         registry.register(_FpsCollector(self.rates))
 
+    def stream_opened(self, camera: str) -> None:
+        """A stream of this camera started: its series exist from now on (zero counts)."""
+        for counter in (self.processed, self.dropped, self.recognitions, self.checks, self.splits):
+            counter.labels(camera)
+        self.latency.labels(camera)
+        self.open.labels(camera).inc()
+
+    def stream_closed(self, camera: str) -> None:
+        self.open.labels(camera).dec()
+
     def frame_answered(
         self, camera: str, *, latency_s: float, dropped: int, checks: int, splits: int
     ) -> None:
