@@ -115,7 +115,8 @@ class _Tally:
     """What the stream's access line reports."""
 
     key_id: str | None = None
-    camera: str = ""
+    camera_name: str | None = None  # validated, as the client named it
+    camera: str = ""  # its metrics label, given once the key is accepted
     answered: int = 0
     dropped: int = 0
 
@@ -145,6 +146,7 @@ async def _run(websocket: WebSocket, tally: _Tally) -> tuple[int, str]:
     await websocket.accept(subprotocol=credentials.subprotocol)
     try:
         collection, camera = _names(websocket)
+        tally.camera_name = camera
         refused = refusal(websocket)
         if refused is not None:
             raise _Refusal(status.WS_1008_POLICY_VIOLATION, refused)
@@ -157,6 +159,7 @@ async def _run(websocket: WebSocket, tally: _Tally) -> tuple[int, str]:
     except FaceRecError as error:
         return await _close(websocket, status.WS_1008_POLICY_VIOLATION, _reason(error))
     tally.key_id = key.key_id if key is not None else None
+    # Labelled only now: clients without a valid key cannot use up the camera labels.
     tally.camera = hub.metrics.cameras.label(camera)
     slot = hub.slots.try_acquire(tally.key_id)
     if slot is SlotRefusal.KEY_FULL:
@@ -385,9 +388,10 @@ def _log_stream(code: int, reason: str, tally: _Tally, seconds: float) -> None:
     """One access line per stream: route template, close code, no query string, no key."""
     reason_code = reason.split(":", 1)[0] if reason else None
     access_logger.info(
-        "WS /stream %d %.1f s frames=%d dropped=%d",
+        "WS /stream %d %.1f s camera=%s frames=%d dropped=%d",
         code,
         seconds,
+        tally.camera_name or "-",
         tally.answered,
         tally.dropped,
         extra={
