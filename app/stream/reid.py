@@ -7,7 +7,8 @@ worth it (``quality.crop_quality`` at least ``min_quality``):
 
 1. undecided tracks (new faces, or faces whose votes do not agree yet), fewest
    observations first, then the better crop;
-2. tracks marked stale (the gallery changed), tracks whose crop quality grew by
+2. tracks marked stale (the gallery changed; until new recognitions decide by
+   themselves), tracks whose crop quality grew by
    ``quality_gain`` since their last recognition (a face turning to the camera or
    coming closer), and tracks whose view drifted from the one last recognised
    (appearance similarity below ``drift_similarity``);
@@ -100,10 +101,12 @@ class TrackIdentity:
         )
 
     def recognised(self, tick: int, quality: float, signature: FloatArray | None) -> None:
+        """A recognition of the track was added to its votes. A stale track stays due
+        until observations made since the gallery changed decide by themselves."""
         self.last_recognised = tick
         self.recognised_quality = quality
         self.recognised_signature = signature
-        self.stale = False
+        self.stale = self.stale and not self.votes.settled
 
     def same_person(self, embedding: FloatArray) -> bool | None:
         """Whether ``embedding`` matches this track's recent recognitions (at the vote's
@@ -114,11 +117,14 @@ class TrackIdentity:
         return best >= self.votes.threshold
 
     def confidently_named(self, margin: float) -> bool:
-        decision = self.votes.decision
+        """Named well above the threshold, and the latest recognition agrees."""
+        decision, latest = self.votes.decision, self.votes.latest
         return (
             decision is not None
             and decision.subject is not None
             and decision.similarity >= self.votes.threshold + margin
+            and latest is not None
+            and latest.subject == decision.subject
         )
 
 

@@ -54,6 +54,7 @@ class IdentityVotes:
         self.instant_similarity = instant_similarity
         self._window: deque[Observation] = deque(maxlen=window)
         self._decision: Decision | None = None
+        self._settled = False
 
     @property
     def decision(self) -> Decision | None:
@@ -64,6 +65,15 @@ class IdentityVotes:
     def observations(self) -> int:
         return len(self._window)
 
+    @property
+    def settled(self) -> bool:
+        """True when the observations in the window decide by themselves (not hysteresis)."""
+        return self._settled
+
+    @property
+    def latest(self) -> Observation | None:
+        return self._window[-1] if self._window else None
+
     def add(self, observation: Observation) -> Decision | None:
         self._window.append(observation)
         winner = decide(
@@ -72,6 +82,7 @@ class IdentityVotes:
             min_votes=self.min_votes,
             instant_similarity=self.instant_similarity,
         )
+        self._settled = winner is not None
         if winner is not None:
             self._decision = winner
         elif self._decision is not None:
@@ -81,6 +92,7 @@ class IdentityVotes:
     def forget_observations(self) -> None:
         """Start a fresh window (the gallery changed) but keep showing the current decision."""
         self._window.clear()
+        self._settled = False
 
     def _refreshed(self, decision: Decision) -> Decision:
         """The standing decision with its figures recomputed over the current window."""

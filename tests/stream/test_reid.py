@@ -134,3 +134,30 @@ def test_same_person_compares_embeddings_at_the_vote_threshold() -> None:
 def test_policy_rejects_invalid_values(arguments: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="need"):
         ReidPolicy(**arguments)  # type: ignore[arg-type]
+
+
+def test_a_stale_track_stays_due_until_new_recognitions_decide() -> None:
+    track = identity(decided=True, last=10, similarity=0.9)
+    track.mark_stale()  # the subject was deleted, say
+    policy = ReidPolicy(interval=10, confident_margin=0.1)
+    track.votes.add(Observation(None, 0.05))
+    track.recognised(11, 0.6, view(1).signature)
+    # One unknown cannot overturn the name yet; the track must not rest as "confident".
+    assert track.votes.decision is not None
+    assert track.votes.decision.subject == "ada"
+    assert track.stale
+    assert select_for_recognition([track], 12, policy) == [0]
+    track.votes.add(Observation(None, 0.05))
+    track.recognised(12, 0.6, view(1).signature)
+    assert not track.stale
+    assert track.votes.decision is not None
+    assert track.votes.decision.subject is None
+
+
+def test_a_name_the_latest_recognition_contradicts_is_not_confident() -> None:
+    track = identity(decided=True, last=10, similarity=0.9)
+    assert track.confidently_named(0.1)
+    track.votes.add(Observation("bob", 0.5))
+    assert track.votes.decision is not None
+    assert track.votes.decision.subject == "ada"
+    assert not track.confidently_named(0.1)
