@@ -365,15 +365,25 @@ def test_the_log_holds_no_key_and_one_line_per_stream(setup: Setup) -> None:
         stream.recv(timeout=WAIT_S)
     with open_stream(setup.server, None, "collection=lobby&camera=nokey") as stream:
         assert closed_with(stream) == (1008, "unauthorized")
+
+    def stream_lines() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in setup.server.log().splitlines() if line[:1] == "{"]
+        return [line for line in lines if line.get("route") == "/stream"]
+
+    def logged() -> bool:  # both streams' lines are written when they end, a moment later
+        lines = stream_lines()
+        return any(line.get("key_id") == key_id for line in lines) and any(
+            "camera=nokey" in line["message"] for line in lines
+        )
+
     deadline = time.monotonic() + WAIT_S
-    while '"code": "unauthorized"' not in setup.server.log() and time.monotonic() < deadline:
+    while not logged() and time.monotonic() < deadline:
         time.sleep(0.1)
     log = setup.server.log()
     secret = token.split("_", 2)[2]
     assert secret not in log  # neither the key nor its secret part, anywhere
     assert log.count(setup.admin.split("_", 2)[2]) == 1  # only in the first start's banner
-    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
-    streams = [line for line in lines if line.get("route") == "/stream"]
+    streams = stream_lines()
     mine = [line for line in streams if line.get("key_id") == key_id]
     assert [(line["method"], line["status"]) for line in mine] == [("WS", 1000)]
     # The keyless stream: one line, refused, no key, nothing of its query but the route.
