@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
@@ -267,6 +268,10 @@ async def _receive(websocket: WebSocket, mailbox: LatestFrameMailbox, hub: Strea
             )
         mailbox.put(Frame(index=index, data=data, received_at=time.perf_counter()))
         index += 1
+        # A message already buffered is returned without suspending: without this
+        # checkpoint a client sending as fast as it can would keep the event loop, and
+        # every other stream and request, waiting (tests/stream/test_stream_hostile.py).
+        await anyio.lowlevel.checkpoint()
 
 
 async def _watch_key(access: StreamAccess, every_s: float) -> None:

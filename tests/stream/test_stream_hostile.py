@@ -160,6 +160,9 @@ def setup(
         stream_max_per_key=str(PER_KEY),
         stream_max_concurrent=str(MAX_STREAMS),
         stream_max_frame_bytes=str(MAX_FRAME_BYTES),
+        # Unlimited: floods and slow consumers are about the socket, not the key's budget
+        # (test_frames_are_charged_to_the_key_rate_budget has a server of its own).
+        rate_limit_per_second="0",
     )
     server = Server(environment, folder / "server.log")
     try:
@@ -426,3 +429,41 @@ def test_frames_are_charged_to_the_key_rate_budget(
     # The stream was throttled, not closed (it answered its newest frame), and the server
     # serves others.
     assert httpx.get(f"{server.url}/health", timeout=WAIT_S).status_code == 200
+
+
+def log_lines(server: Server) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in server.log().splitlines() if line[:1] == "{"]
+
+
+def test_a_client_flooding_frames_as_fast_as_it_can_does_not_stall_the_others(
+    setup: Setup,
+) -> None:
+    _, token = setup.key()
+    tiny = encode_jpeg(compose_frame([], (0, 0))[::10, ::10])  # 64x48, no face
+    sent: list[int] = []
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    with open_stream(setup.server, token) as flood:
+
+        def flooding() -> None:
+            try:
+                while not stop.is_set() and len(sent) < 200_000:
+                    flood.send(tiny)
+                    sent.append(1)
+            except BaseException as error:  # collected and asserted below
+                errors.append(error)
+
+        sender = threading.Thread(target=flooding)
+        sender.start()
+        try:
+            setup.healthy.still_served()  # while the flood runs
+        finally:
+            stop.set()
+            sender.join(timeout=WAIT_S)
+        assert errors == []
+        answers = [json.loads(flood.recv(timeout=WAIT_S))]
+        while answers[-1]["frame"] != len(sent) - 1:
+            answers.append(json.loads(flood.recv(timeout=WAIT_S)))
+    assert len(answers) + sum(a["dropped_count"] for a in answers) == len(sent)
+    assert len(answers) < len(sent)  # stale frames dropped, not queued
+    setup.healthy.still_served()

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
@@ -428,3 +429,49 @@ def test_stream_settings_come_from_the_environment(
     assert (engine.tracking.max_missed, engine.split_similarity) == (4, 0.9)
     assert (hub.unknowns.ttl_s, hub.unknowns.capacity, hub.unknowns.crops_per_face) == (60, 10, 2)
     assert hub.metrics.cameras.limit == 5
+
+
+class StallAnswers:
+    """ASGI wrapper: after ``allowed`` answers, the socket's writes never complete (a client
+    that stopped reading, its TCP window full); the close still goes out."""
+
+    def __init__(self, app: Any, allowed: int) -> None:
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        sent = 0
+
+        async def stalling_send(message: Any) -> None:
+            nonlocal sent
+            if message["type"] == "websocket.send":
+                sent += 1
+                if sent > self.allowed:
+                    await anyio.sleep_forever()
+            await send(message)
+
+        await self.app(scope, receive, stalling_send if scope["type"] == "websocket" else send)
+
+
+def test_a_client_that_stops_reading_is_closed_as_a_slow_consumer(
+    models_dir: Any, tmp_path: Any, bush: Any, moving_frames: MovingFrames, jpeg: Any
+) -> None:
+    from app.config import Settings
+    from app.main import create_app
+
+    settings = Settings(
+        models_dir=models_dir, data_dir=tmp_path / "gallery", auth=False, stream_send_timeout_s=0.5
+    )
+    app = create_app(settings)
+    frame = jpeg(moving_frames([(bush, (60, 100))], 1)[0])
+    with TestClient(StallAnswers(app, allowed=2)) as stalled:  # type: ignore[arg-type]
+        with stalled.websocket_connect("/stream") as socket:
+            for _ in range(2):
+                socket.send_bytes(frame)
+                socket.receive_json()
+            socket.send_bytes(frame)  # its answer never leaves: 0.5 s later the stream ends
+            with pytest.raises(WebSocketDisconnect) as closed:
+                socket.receive_json()
+        assert (closed.value.code, closed.value.reason.split(":")[0]) == (1008, "slow_consumer")
+        with stalled.websocket_connect("/stream") as again:  # its slot was given back
+            again.send_bytes(frame)
+            assert again.receive_json()["frame"] == 0
