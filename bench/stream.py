@@ -565,28 +565,25 @@ def main(argv: Sequence[str] | None = None) -> None:
 def run_live(args: argparse.Namespace, scratch: Path, kiosk: Kiosk) -> list[dict[str, Any]]:
     live: list[dict[str, Any]] = []
     extra = model_overrides(args)  # detector / recognizer, as FACEREC_* settings
+    two = {**extra, "inference_workers": "2"}
+    off = {**extra, "stream_split_similarity": "-1"}
     with (
         serve(extra, args.models_dir, args.data_root, scratch / "default") as default,
-        serve(
-            {**extra, "stream_split_similarity": "-1"},
-            args.models_dir,
-            args.data_root,
-            scratch / "signal-off",
-        ) as signal_off,
+        serve(off, args.models_dir, args.data_root, scratch / "signal-off") as signal_off,
+        serve(two, args.models_dir, args.data_root, scratch / "two-workers") as two_workers,
     ):
         for _ in range(args.live_loops):
-            live.append(
-                {"mode": "default, 1 stream", "streams": live_streams(default, kiosk, 1, "one")}
-            )
-            live.append(
-                {
-                    "mode": "appearance signal off, 1 stream",
-                    "streams": live_streams(signal_off, kiosk, 1, "off"),
-                }
-            )
-        live.append(
-            {"mode": "default, 4 streams", "streams": live_streams(default, kiosk, 4, "cam")}
-        )
+            for mode, url, tag in (
+                ("default, 1 stream", default, "one"),
+                ("appearance signal off, 1 stream", signal_off, "off"),
+                ("default + 2 inference workers, 1 stream", two_workers, "two"),
+            ):
+                live.append({"mode": mode, "streams": live_streams(url, kiosk, 1, tag)})
+        for mode, url, tag in (
+            ("default, 4 streams", default, "cam"),
+            ("default + 2 inference workers, 4 streams", two_workers, "dual"),
+        ):
+            live.append({"mode": mode, "streams": live_streams(url, kiosk, 4, tag)})
     return live
 
 
