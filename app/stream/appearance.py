@@ -14,10 +14,11 @@ barely move with landmark jitter), from which
 - ``sharpness``: the Laplacian's variance over the grey view's variance, a
   contrast-independent measure of blur that feeds the crop's quality.
 
-Measured on 120 LFW people pasted on a 640x480 frame and detected by SCRFD-500M at
-320 pixels (the stream's detector input): the same photo moved by a few pixels and
-re-encoded as JPEG scored at least 0.95 against the best of its two previous
-frames; 7,140 pairs of different people scored at most 0.89. ``SPLIT_SIMILARITY``
+Measured by ``python -m bench.appearance`` (120 LFW people pasted on a 640x480
+frame and detected by SCRFD-500M at 320 pixels, the stream's detector input): the
+same photo moved by a few pixels and re-encoded as JPEG scored at least 0.959
+against the best of its two previous frames; 7,140 pairs of different people
+scored at most 0.884. ``SPLIT_SIMILARITY``
 sits between. A view below it only makes the track *suspect*: the session then
 compares embeddings before it splits the track, so a false alarm costs one
 embedding, never a wrong split.
