@@ -107,6 +107,36 @@ class Settings(BaseSettings):
         10.0, gt=0, description="request line and headers must arrive within this"
     )
 
+    # --- live recognition: access, identity changes, unknown faces, cameras ----------------
+    stream_max_per_key: int = Field(
+        2, ge=1, description="open /stream connections per API key; more close with 1008"
+    )
+    stream_idle_timeout_s: float = Field(
+        30.0, gt=0, description="a stream that sends no frame this long closes with 1001"
+    )
+    stream_key_check_s: float = Field(
+        1.0, gt=0, description="seconds between re-checks of an idle stream's key (revocation)"
+    )
+    stream_send_timeout_s: float = Field(
+        10.0, gt=0, description="an answer the client does not take this long closes the stream"
+    )
+    stream_instant_margin: float | None = Field(
+        0.2, ge=0, description="one match this far above the threshold names a face at once"
+    )
+    stream_split_similarity: float = Field(
+        0.92, ge=-1, le=1, description="appearance similarity under which a face is re-checked"
+    )
+    stream_unknown_ttl_s: float = Field(
+        600.0, gt=0, description="an unknown face's id and crops are kept this long unseen"
+    )
+    stream_unknown_capacity: int = Field(
+        256, ge=1, description="unknown faces kept per process (least recently seen go first)"
+    )
+    stream_unknown_crops: int = Field(4, ge=1, description="best crops kept per unknown face")
+    stream_max_cameras: int = Field(
+        32, ge=1, description="distinct camera names in /metrics; later ones are 'other'"
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _split_providers(cls, values: dict[str, object]) -> dict[str, object]:

@@ -184,3 +184,12 @@ class ProviderUnavailable(ModelError):
     """
 
     code = "provider_unavailable"
+
+
+# --- live streams -------------------------------------------------------------------
+
+
+class UnknownNotFound(FaceRecError):
+    """No unknown face of a stream by that id for this collection and key (or it expired)."""
+
+    code = "unknown_not_found"

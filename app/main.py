@@ -42,9 +42,11 @@ from app.inference.session import RuntimeOptions
 from app.observability.logging import configure_logging
 from app.observability.metrics import Metrics, timed
 from app.observability.middleware import RequestContextMiddleware
-from app.stream.hub import StreamHub, StreamSlots, scaled_detector
+from app.stream.hub import StreamHub, StreamSlots, StreamTimeouts, scaled_detector
+from app.stream.metrics import StreamMetrics
 from app.stream.reid import ReidPolicy
 from app.stream.session import StreamEngine, TrackRule, VoteRule
+from app.stream.unknowns import UnknownStore
 
 logger = logging.getLogger("app")
 
@@ -159,6 +161,11 @@ def build_runtime(settings: Settings) -> Runtime:
 def build_stream_hub(runtime: Runtime) -> StreamHub:
     """Live recognition (/stream): shares the runtime's sessions, gallery and threshold."""
     settings = runtime.settings
+    unknowns = UnknownStore(
+        capacity=settings.stream_unknown_capacity,
+        crops_per_face=settings.stream_unknown_crops,
+        ttl_s=settings.stream_unknown_ttl_s,
+    )
     engine = StreamEngine(
         decode=partial(
             decode_image,
@@ -173,13 +180,28 @@ def build_stream_hub(runtime: Runtime) -> StreamHub:
             interval=settings.stream_reid_interval,
             max_per_frame=settings.stream_max_recognitions_per_frame,
         ),
-        votes=VoteRule(window=settings.stream_vote_window, min_votes=settings.stream_min_votes),
+        votes=VoteRule(
+            window=settings.stream_vote_window,
+            min_votes=settings.stream_min_votes,
+            instant_similarity=None
+            if settings.stream_instant_margin is None
+            else runtime.service.threshold + settings.stream_instant_margin,
+        ),
         tracking=TrackRule(max_missed=settings.stream_max_missed_frames),
+        unknowns=unknowns,
+        split_similarity=settings.stream_split_similarity,
     )
     return StreamHub(
         engine=engine,
-        slots=StreamSlots(settings.stream_max_concurrent),
+        slots=StreamSlots(settings.stream_max_concurrent, settings.stream_max_per_key),
         max_frame_bytes=settings.stream_max_frame_bytes,
+        timeouts=StreamTimeouts(
+            idle_s=settings.stream_idle_timeout_s,
+            key_check_s=settings.stream_key_check_s,
+            send_s=settings.stream_send_timeout_s,
+        ),
+        unknowns=unknowns,
+        metrics=StreamMetrics(runtime.metrics.registry, settings.stream_max_cameras),
     )
 
 

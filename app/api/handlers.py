@@ -37,6 +37,7 @@ STATUS_BY_ERROR: dict[type[errors.FaceRecError], int] = {
     errors.RequestTimeout: 408,
     errors.ConcurrencyLimited: 429,
     errors.NameConflict: 409,
+    errors.UnknownNotFound: 404,
 }
 # Domain errors that are a client's answer even though their status is 5xx.
 CLIENT_VISIBLE_5XX: tuple[type[errors.FaceRecError], ...] = (errors.ServerBusy,)

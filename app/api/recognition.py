@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, Depends, File, Form, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile, status
 
 from app.api.deps import (
     CollectionParam,
@@ -23,7 +23,7 @@ from app.auth.dependencies import (
     authenticated,
 )
 from app.auth.guard import require_collection
-from app.core.service import IdentifiedFace
+from app.core.service import EnrollResult, FacePolicy, IdentifiedFace
 from app.core.types import Detection, SearchHit
 from app.errors import InvalidRequest
 from app.schemas import (
@@ -38,6 +38,10 @@ from app.schemas import (
     RejectedImage,
     VerifyResponse,
 )
+from app.stream.unknowns import enroll_unknown
+
+if TYPE_CHECKING:
+    from app.main import Runtime
 
 router = APIRouter(
     tags=["recognition"],
@@ -85,24 +89,89 @@ def _identified(face: IdentifiedFace) -> IdentifiedFaceOut:
     "/enroll",
     status_code=status.HTTP_201_CREATED,
     response_model=EnrollResponse,
-    responses=IMAGE_ERRORS,
+    responses={
+        **IMAGE_ERRORS,
+        404: {"model": ErrorResponse, "description": "unknown_not_found (with unknown_id)"},
+    },
     summary="Enroll a subject from one or more photos",
 )
 async def enroll(
     runtime: RuntimeDep,
+    request: Request,
+    caller: Caller,
     collection: AuthorizedCollection,
     subject: Annotated[str, Form(description="the person's name or id")],
-    images: Annotated[list[UploadFile], File(description="one face per photo")],
+    images: Annotated[
+        list[UploadFile] | None, File(description="one face per photo (or send unknown_id)")
+    ] = None,
     face_policy: Annotated[
         Literal["single", "largest"],
         Form(description="single: reject photos with several faces; largest: use the largest"),
     ] = "single",
+    unknown_id: Annotated[
+        str | None,
+        Form(
+            max_length=64,
+            description="instead of images: an unknown face of a live stream (its unknown_id), "
+            "enrolled from the crops the server kept; only the key that opened the stream, "
+            "in its collection",
+        ),
+    ] = None,
 ) -> EnrollResponse:
     """Each photo contributes one face. Photos that fail the face policy or the quality
     gates are listed in `rejected` with a machine-readable code; when no photo is usable
     the request fails with the first photo's error. Re-enrolling the same photo for the
-    same subject is idempotent (`created: false`)."""
+    same subject is idempotent (`created: false`). With `unknown_id` instead of photos,
+    the unknown face's best crops from the stream pass the same gates (404
+    `unknown_not_found` when the id is unknown, expired, or not this key's)."""
     name = validate_subject(subject)
+    if unknown_id is not None:
+        if images:
+            raise InvalidRequest("send either images or unknown_id, not both")
+        owner = caller.key_id if caller is not None else None
+        store = request.app.state.streams.unknowns
+        result = await run_inference(
+            runtime,
+            lambda: enroll_unknown(
+                runtime.service,
+                store,
+                collection=collection,
+                subject=name,
+                unknown_id=unknown_id,
+                owner=owner,
+            ),
+        )
+    else:
+        result = await _enroll_photos(runtime, collection, name, images or [], face_policy)
+    return EnrollResponse(
+        collection=collection,
+        subject=result.subject,
+        faces=[
+            EnrolledFace(
+                face_id=record.face_id,
+                image_sha256=record.image_sha256,
+                bbox=record.bbox,
+                det_score=record.det_score,
+                created=created,
+            )
+            for record, created in result.faces
+        ],
+        rejected=[
+            RejectedImage(image=r.image, code=r.error.code, message=r.error.message)
+            for r in result.rejected
+        ],
+    )
+
+
+async def _enroll_photos(
+    runtime: Runtime,
+    collection: str,
+    name: str,
+    images: list[UploadFile],
+    face_policy: FacePolicy,
+) -> EnrollResult:
+    if not images:
+        raise InvalidRequest("send one or more images (or the unknown_id of a stream's face)")
     limit = runtime.settings.max_images_per_enroll
     if len(images) > limit:
         raise InvalidRequest(f"at most {limit} images per enroll request", limit=limit)
@@ -122,25 +191,7 @@ async def enroll(
         await run_inference(runtime, partial(service.enrollment_face, filename, data, face_policy))
         for filename, data in uploads
     ]
-    result = await anyio.to_thread.run_sync(service.commit_enrollment, collection, name, outcomes)
-    return EnrollResponse(
-        collection=collection,
-        subject=result.subject,
-        faces=[
-            EnrolledFace(
-                face_id=record.face_id,
-                image_sha256=record.image_sha256,
-                bbox=record.bbox,
-                det_score=record.det_score,
-                created=created,
-            )
-            for record, created in result.faces
-        ],
-        rejected=[
-            RejectedImage(image=r.image, code=r.error.code, message=r.error.message)
-            for r in result.rejected
-        ],
-    )
+    return await anyio.to_thread.run_sync(service.commit_enrollment, collection, name, outcomes)
 
 
 @router.post(

@@ -2,7 +2,7 @@
 
 HTTP routes take ``Caller`` (any valid key), ``AuthorizedCollection`` (the
 ``collection`` query parameter, checked against the key's scope) or
-``AdminCaller``. WebSocket routes call ``authorize_websocket`` before accepting.
+``AdminCaller``. The WebSocket handshake has its own check (``app.api.stream_access``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from app.auth.keys import ApiKey
 from app.schemas import ErrorResponse
 
 API_KEY_HEADER = "X-API-Key"
-# Browsers cannot set headers on a WebSocket handshake, so /stream also reads this.
+# A key sent in a URL query is refused (URLs get logged): /stream closes with 1008.
 API_KEY_QUERY = "api_key"
 
 api_key_scheme = APIKeyHeader(
@@ -81,17 +81,6 @@ def sees_gallery_detail(request: Request) -> bool:
         return True
     key = request.scope.get("state", {}).get(KEY_STATE)
     return isinstance(key, ApiKey) and key.admin
-
-
-def authorize_websocket(websocket: WebSocket, collection: str) -> ApiKey | None:
-    """Check a WebSocket handshake's key (``X-API-Key`` header or ``api_key`` query).
-
-    Call it before ``websocket.accept()``. Raises ``Unauthorized``, ``RateLimited``
-    or ``Forbidden`` (close the socket with code 1008 and the error's ``code`` as
-    the reason); returns the key, or None when auth is off.
-    """
-    token = websocket.headers.get(API_KEY_HEADER) or websocket.query_params.get(API_KEY_QUERY)
-    return guard_of(websocket).authorize(token, collection=collection)
 
 
 def _error(description: str) -> dict[str, Any]:

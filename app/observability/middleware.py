@@ -24,6 +24,8 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # An incoming id is echoed only when it is short and plain: it ends up in logs.
 _ACCEPTED_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 UNMATCHED_ROUTE = "<unmatched>"
+# Scope-state key under which a WebSocket route leaves extra fields for its access line.
+ACCESS_DETAILS_STATE = "access_details"
 
 access_logger = logging.getLogger("app.access")
 
@@ -125,18 +127,21 @@ class RequestContextMiddleware:
             seconds = time.perf_counter() - started
             route = route_template(scope, 0)
             final = 1000 if code is None else code
+            details: dict[str, object] = {"key_id": scope.get("state", {}).get("key_id")}
+            details.update(scope.get("state", {}).get(ACCESS_DETAILS_STATE, {}))
             access_logger.info(
-                "WS %s %s %d %.1f ms",
+                "WS %s %s %d %.1f ms%s",
                 route,
                 "closed" if accepted else "refused",
                 final,
                 seconds * 1000,
+                "".join(f" {name}={value}" for name, value in details.items() if value),
                 extra={
                     "method": "WS",
                     "route": route,
                     "status": final,
                     "duration_ms": round(seconds * 1000, 2),
-                    "key_id": scope.get("state", {}).get("key_id"),
+                    **details,
                 },
             )
 

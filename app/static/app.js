@@ -1,9 +1,14 @@
 // facerec live page: webcam -> JPEG frames over the /stream WebSocket -> boxes and names.
 // No build step, no dependencies. The server drops stale frames (latest wins); this page
-// also keeps at most MAX_IN_FLIGHT frames unanswered so it never floods the socket.
+// also keeps at most MAX_IN_FLIGHT frames unanswered and sends at most MAX_FPS frames a
+// second (each frame is charged to the API key's rate budget), so it never floods the
+// socket. The API key travels as a WebSocket subprotocol, never in the URL.
 "use strict";
 
 const MAX_IN_FLIGHT = 2;
+const MAX_FPS = 15;
+const PROTOCOL = "facerec.v1";
+const KEY_PROTOCOL_PREFIX = "facerec.key.";
 const FRAME_MAX_WIDTH = 640; // frames are sent at most this wide (the server's sweet spot)
 const JPEG_QUALITY = 0.8;
 const FPS_WINDOW_MS = 2000;
@@ -20,12 +25,19 @@ const state = {
   lastAnswered: -1, // index of the newest answered frame
   encoding: false,
   sentAt: new Map(), // frame index -> performance.now() when sent
+  lastSentAt: 0,
   answerTimes: [],
   dropped: 0,
+  unknowns: new Map(), // unknown_id -> its <li> in #unknowns
+  enrolled: new Set(), // unknown ids enrolled from this page (named once re-identified)
 };
 
 function collection() {
   return $("collection").value.trim() || "default";
+}
+
+function camera() {
+  return $("camera").value.trim();
 }
 
 function authHeaders() {
@@ -75,9 +87,10 @@ function stop() {
 function openSocket() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const params = new URLSearchParams({ collection: collection() });
+  if (camera()) params.set("camera", camera());
   const key = $("api-key").value.trim();
-  if (key) params.set("api_key", key);
-  const socket = new WebSocket(`${scheme}://${location.host}/stream?${params}`);
+  const protocols = key ? [PROTOCOL, KEY_PROTOCOL_PREFIX + key] : [PROTOCOL];
+  const socket = new WebSocket(`${scheme}://${location.host}/stream?${params}`, protocols);
   socket.binaryType = "arraybuffer";
   Object.assign(state, { socket, sent: 0, lastAnswered: -1, dropped: 0, answerTimes: [] });
   state.sentAt.clear();
@@ -96,9 +109,11 @@ function pump() {
   if (!state.media) return;
   const socket = state.socket;
   const inFlight = state.sent - (state.lastAnswered + 1);
+  const now = performance.now();
   if (socket && socket.readyState === WebSocket.OPEN && video.videoWidth > 0 &&
-      !state.encoding && inFlight < MAX_IN_FLIGHT) {
+      !state.encoding && inFlight < MAX_IN_FLIGHT && now - state.lastSentAt >= 1000 / MAX_FPS) {
     state.encoding = true;
+    state.lastSentAt = now;
     snapshot().then((blob) => {
       state.encoding = false;
       if (blob && state.socket === socket && socket.readyState === WebSocket.OPEN) {
@@ -139,10 +154,16 @@ function onAnswer(answer) {
   document.body.dataset.answers = String(Number(document.body.dataset.answers || 0) + 1);
   drawFaces(answer);
   renderLabels(answer.faces);
+  renderUnknowns(answer.faces);
+}
+
+function shortId(unknownId) {
+  return unknownId.slice(-6);
 }
 
 function labelOf(face) {
   if (face.subject) return face.subject;
+  if (face.unknown_id) return `unknown ${shortId(face.unknown_id)}`;
   return face.similarity === null ? "…" : "unknown";
 }
 
@@ -181,6 +202,7 @@ function renderLabels(faces) {
     const item = document.createElement("li");
     item.dataset.trackId = String(face.track_id);
     item.dataset.subject = face.subject || "";
+    item.dataset.unknownId = face.unknown_id || "";
     const name = document.createElement("span");
     name.textContent = labelOf(face);
     const detail = document.createElement("span");
@@ -190,6 +212,74 @@ function renderLabels(faces) {
     return item;
   });
   $("labels").replaceChildren(...items);
+}
+
+// Unknown faces stay listed (in view or not) until enrolled or the page reloads; their
+// items are updated in place so that a name being typed survives the next answers.
+function renderUnknowns(faces) {
+  const inView = new Set(faces.filter((face) => face.unknown_id).map((face) => face.unknown_id));
+  for (const unknownId of inView) {
+    if (!state.unknowns.has(unknownId) && !state.enrolled.has(unknownId)) {
+      const item = unknownItem(unknownId);
+      state.unknowns.set(unknownId, item);
+      $("unknowns").append(item);
+    }
+  }
+  for (const [unknownId, item] of state.unknowns) {
+    item.dataset.inView = String(inView.has(unknownId));
+  }
+}
+
+function unknownItem(unknownId) {
+  const item = document.createElement("li");
+  item.dataset.unknownId = unknownId;
+  const id = document.createElement("code");
+  id.textContent = shortId(unknownId);
+  id.title = unknownId;
+  const form = document.createElement("form");
+  const name = document.createElement("input");
+  name.className = "enroll-unknown-name";
+  name.placeholder = "name";
+  name.maxLength = 128;
+  name.required = true;
+  const button = document.createElement("button");
+  button.type = "submit";
+  button.className = "enroll-unknown";
+  button.textContent = "enroll";
+  const status = document.createElement("span");
+  status.className = "status";
+  status.dataset.state = "idle";
+  form.append(name, button);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    enrollUnknown(unknownId, name.value.trim(), status);
+  });
+  item.append(id, form, status);
+  return item;
+}
+
+async function enrollUnknown(unknownId, name, status) {
+  if (!name) return;
+  setStatus(status, "enrolling…", "busy");
+  const form = new FormData();
+  form.append("subject", name);
+  form.append("unknown_id", unknownId);
+  const url = `/enroll?${new URLSearchParams({ collection: collection() })}`;
+  try {
+    const response = await fetch(url, { method: "POST", body: form, headers: authHeaders() });
+    if (!response.ok) {
+      setStatus(status, `not enrolled: ${await errorText(response)}`, "error");
+      return;
+    }
+    const result = await response.json();
+    setStatus($("enroll-status"), `enrolled ${result.subject} from the stream`, "ok");
+    state.enrolled.add(unknownId);
+    state.unknowns.get(unknownId)?.remove();
+    state.unknowns.delete(unknownId);
+  } catch (error) {
+    setStatus(status, `not enrolled: ${error.message || error}`, "error");
+  }
+  await refreshSubjects();
 }
 
 // --- enrollment and the gallery --------------------------------------------------------------
@@ -293,12 +383,14 @@ function restartStreamIfRunning() {
 
 const query = new URLSearchParams(location.search);
 if (query.get("collection")) $("collection").value = query.get("collection");
+if (query.get("camera")) $("camera").value = query.get("camera");
 $("api-key").value = sessionStorage.getItem("facerec-api-key") || "";
 $("api-key").addEventListener("change", () => {
   sessionStorage.setItem("facerec-api-key", $("api-key").value.trim());
   restartStreamIfRunning();
 });
 $("collection").addEventListener("change", restartStreamIfRunning);
+$("camera").addEventListener("change", restartStreamIfRunning);
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", stop);
 $("enroll-form").addEventListener("submit", enroll);

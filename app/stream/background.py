@@ -7,11 +7,15 @@ outcome until the worker ``collect``s it for the next frame, which folds it into
 the track's votes. A new name therefore shows on the first frame processed after
 its recognition finished, and no answer waits for the recognizer.
 
-Used from one event loop only (no locks needed).
+``submit`` and ``serve`` run on one event loop; ``collect`` and ``idle`` may also
+be called from the worker thread that processes the next frame, at the moment it
+starts (so a recognition that finished while the frame waited for an inference
+worker is folded into that very frame): the hand-over list has a lock.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -24,6 +28,7 @@ class BackgroundRecognition:
         self._job: RecognitionJob | None = None
         self._busy = False  # a job submitted and its outcome not produced yet
         self._finished: list[RecognitionOutcome] = []
+        self._lock = threading.Lock()
         self._wakeup = anyio.Event()
 
     @property
@@ -39,7 +44,8 @@ class BackgroundRecognition:
 
     def collect(self) -> list[RecognitionOutcome]:
         """The outcomes finished since the previous call, oldest first."""
-        finished, self._finished = self._finished, []
+        with self._lock:
+            finished, self._finished = self._finished, []
         return finished
 
     async def serve(
@@ -53,7 +59,7 @@ class BackgroundRecognition:
             job, self._job = self._job, None
             try:
                 outcome = await recognise(job)
-                # Appended after the await: ``collect`` may have swapped the list meanwhile.
-                self._finished.append(outcome)
+                with self._lock:
+                    self._finished.append(outcome)
             finally:
                 self._busy = False

@@ -1,53 +1,91 @@
-"""The per-process side of streaming: shared engine, the stream cap, the detector's scale."""
+"""The per-process side of streaming: shared engine, stream caps, the detector's scale."""
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from functools import lru_cache
 
 from app.core.types import Detection, ImageArray
 from app.inference.manifest import DetectorInput
 from app.inference.scrfd import ScrfdDetector, choose_input_size
+from app.stream.metrics import StreamMetrics
 from app.stream.session import StreamEngine
+from app.stream.unknowns import UnknownStore
+
+
+class SlotRefusal(Enum):
+    FULL = "full"  # every stream of the process is taken
+    KEY_FULL = "key_full"  # this key holds its share
 
 
 class StreamSlots:
-    """At most ``capacity`` streams at once; a refused stream is told to retry later."""
+    """At most ``capacity`` streams at once, and ``per_key`` of them for one API key.
 
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be at least 1, got {capacity}")
+    The per-key share keeps one tenant from holding every slot (with auth off there
+    is one caller, ``None``, and only the process cap applies).
+    """
+
+    def __init__(self, capacity: int, per_key: int | None = None) -> None:
+        if capacity < 1 or (per_key is not None and per_key < 1):
+            raise ValueError(f"capacity and per_key must be at least 1, got {capacity}, {per_key}")
         self.capacity = capacity
+        self.per_key = per_key
         self._active = 0
+        self._by_key: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     @property
     def active(self) -> int:
         return self._active
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self, key_id: str | None = None) -> SlotRefusal | None:
+        """None when a slot was taken (``release`` it later), else why not."""
         with self._lock:
+            if (
+                key_id is not None
+                and self.per_key is not None
+                and self._by_key[key_id] >= self.per_key
+            ):
+                return SlotRefusal.KEY_FULL
             if self._active >= self.capacity:
-                return False
+                return SlotRefusal.FULL
             self._active += 1
-            return True
+            if key_id is not None:
+                self._by_key[key_id] += 1
+            return None
 
-    def release(self) -> None:
+    def release(self, key_id: str | None = None) -> None:
         with self._lock:
-            if self._active == 0:
+            if self._active == 0 or (key_id is not None and self._by_key[key_id] == 0):
                 raise RuntimeError("release() without a matching try_acquire()")
             self._active -= 1
+            if key_id is not None:
+                self._by_key[key_id] -= 1
+                if not self._by_key[key_id]:
+                    del self._by_key[key_id]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamTimeouts:
+    idle_s: float  # no frame this long: the stream is closed
+    key_check_s: float  # the key is re-checked at least this often (revocation, scope)
+    send_s: float  # an answer not taken by the client this long: the stream is closed
 
 
 @dataclass(frozen=True, slots=True)
 class StreamHub:
-    """Everything ``/stream`` needs besides the runtime's inference limiter."""
+    """Everything ``/stream`` needs besides the runtime's inference limiter and guard."""
 
     engine: StreamEngine
     slots: StreamSlots
     max_frame_bytes: int
+    timeouts: StreamTimeouts
+    unknowns: UnknownStore
+    metrics: StreamMetrics
 
 
 def scaled_detector(

@@ -54,13 +54,23 @@ class LatestFrameMailbox:
         self._closed = True
         self._wakeup.set()
 
-    async def take(self) -> Delivery | None:
-        """The newest frame with the drops since the previous one; None when closed and empty."""
+    async def ready(self) -> bool:
+        """Wait for a frame: True when one is pending, False when closed and empty."""
         while self._pending is None:
             if self._closed:
-                return None
+                return False
             self._wakeup = anyio.Event()
             await self._wakeup.wait()
+        return True
+
+    def take_now(self) -> Delivery:
+        """The newest frame with the drops since the previous one (after ``ready``)."""
+        if self._pending is None:
+            raise RuntimeError("no frame is pending; await ready() first")
         delivery = Delivery(self._pending, self._dropped, self._dropped_count)
         self._pending, self._dropped, self._dropped_count = None, [], 0
         return delivery
+
+    async def take(self) -> Delivery | None:
+        """The newest frame with the drops since the previous one; None when closed and empty."""
+        return self.take_now() if await self.ready() else None

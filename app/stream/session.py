@@ -1,19 +1,32 @@
-"""One stream's frames: decode, detect, track, label; recognition off the answer path.
+"""One stream's frames: decode, detect, track, catch identity changes, label; recognise.
 
-``StreamEngine`` holds what every stream shares (models, gallery, rules) and is
-built once per process; ``StreamSession`` is one connection's state (tracks and
-their votes). Per frame, ``StreamSession.process`` decodes, detects and tracks,
-folds in the recognitions finished since the previous frame, labels the faces
-with their voted names and picks the track(s) due for recognition as a
-``RecognitionJob``; ``StreamSession.recognise`` runs a job (embedding and
-gallery search, the expensive part) into a ``RecognitionOutcome`` without
-touching the session's state, so it can run while later frames are processed.
-Both are blocking: callers run them in worker threads, ``process`` one frame at a
-time per session.
+``StreamEngine`` holds what every stream shares (models, gallery, rules, the
+unknowns' store) and is built once per process; ``StreamSession`` is one
+connection's state (tracks and their identities). Per frame,
+``StreamSession.process``:
+
+1. decodes, detects and tracks;
+2. folds in the recognitions finished since the previous frame;
+3. runs the appearance signal on every tracked face (``appearance.view_face``,
+   a fraction of a millisecond each). A face whose view no longer looks like its
+   track's last frames is *suspect*: it is embedded right away, on this frame,
+   and compared with the track's recent embeddings. Somebody else: the track is
+   split (a new track id, no votes, no name) and the embedding's gallery match is
+   the new track's first vote; the same person: the track and its name stay, and
+   the match is one more vote. Either way the answer for this frame never shows
+   the previous person's name on someone else;
+4. labels the faces with their voted names (or stable unknown ids) and picks the
+   track(s) due for recognition (``reid``) as a ``RecognitionJob``.
+
+``StreamSession.recognise`` runs a job (embedding and gallery search, the
+expensive part) into a ``RecognitionOutcome`` without touching the session's
+state, so it can run while later frames are processed. Both are blocking:
+callers run them in worker threads, ``process`` one frame at a time per session.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -21,35 +34,33 @@ import numpy as np
 
 from app.core.gallery import Gallery
 from app.core.matching import assign_subjects
-from app.core.types import DecodedImage, Detection, EmbeddedFace, ImageArray
-from app.stream.reid import ReidPolicy, TrackIdentity, face_quality, select_for_recognition
+from app.core.types import DecodedImage, Detection, EmbeddedFace, FloatArray, ImageArray
+from app.stream.appearance import SPLIT_SIMILARITY, FaceView, view_face
+from app.stream.labels import StreamFace, label_faces
+from app.stream.quality import crop_quality
+from app.stream.reid import ReidPolicy, TrackIdentity, select_for_recognition
 from app.stream.tracker import DEFAULT_MIN_IOU, TrackedFace, Tracker
+from app.stream.unknowns import UnknownCrop, UnknownStore
 from app.stream.voting import IdentityVotes, Observation
 
 # Candidates per recognised face: enough for ``assign_subjects`` to fall back to a
 # face's second-best subject when two faces of one frame look like the same person.
 CANDIDATES_PER_FACE = 3
 
+__all__ = ["StreamFace", "StreamSession"]
+
 
 @dataclass(frozen=True, slots=True)
 class VoteRule:
     window: int = 5
     min_votes: int = 2
+    instant_similarity: float | None = None  # one match this close decides at once
 
 
 @dataclass(frozen=True, slots=True)
 class TrackRule:
     min_iou: float = DEFAULT_MIN_IOU
     max_missed: int = 5
-
-
-@dataclass(frozen=True, slots=True)
-class StreamFace:
-    track_id: int
-    bbox: tuple[float, float, float, float]
-    det_score: float
-    subject: str | None  # None: unknown, or not decided yet
-    similarity: float | None  # None: not recognised yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +71,25 @@ class RecognitionJob:
     tracked: tuple[TrackedFace, ...]
     tick: int  # the session's processed-frame tick of ``image``
     gallery_epoch: int  # results against an older gallery are dropped
+    frame_sha256: str = ""
+    qualities: tuple[float, ...] = ()  # one per ``tracked``
+    signatures: tuple[FloatArray, ...] = ()  # one per ``tracked``
+
+
+@dataclass(frozen=True, slots=True)
+class Recognition:
+    observation: Observation
+    face: EmbeddedFace
 
 
 @dataclass(frozen=True, slots=True)
 class RecognitionOutcome:
     job: RecognitionJob
-    observations: tuple[Observation, ...]  # one per ``job.tracked``
+    recognitions: tuple[Recognition, ...]  # one per ``job.tracked``
+
+    @property
+    def observations(self) -> tuple[Observation, ...]:
+        return tuple(recognition.observation for recognition in self.recognitions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +99,8 @@ class FrameResult:
     faces: list[StreamFace]
     recognised: list[int]  # tracks whose recognition was folded in for this frame
     job: RecognitionJob | None  # recognition due now; None when none is due or allowed
+    checked: int = 0  # suspect faces embedded on this frame (the appearance signal fired)
+    split: list[int] = field(default_factory=list)  # new track ids: somebody else came
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,15 +115,19 @@ class StreamEngine:
     policy: ReidPolicy = field(default_factory=ReidPolicy)
     votes: VoteRule = field(default_factory=VoteRule)
     tracking: TrackRule = field(default_factory=TrackRule)
+    unknowns: UnknownStore | None = None  # None: unknown faces get no ids
+    split_similarity: float = SPLIT_SIMILARITY
 
-    def open_session(self, collection: str) -> StreamSession:
-        return StreamSession(self, collection)
+    def open_session(self, collection: str, owner: str | None = None) -> StreamSession:
+        return StreamSession(self, collection, owner)
 
 
 @dataclass(slots=True)
 class StreamSession:
     engine: StreamEngine
     collection: str
+    owner: str | None = None  # key id of the stream's key (scopes its unknown faces)
+    stream_id: str = field(default_factory=lambda: secrets.token_hex(8))
     tracker: Tracker = field(init=False)
     identities: dict[int, TrackIdentity] = field(init=False, default_factory=dict)
     tick: int = field(init=False, default=0)
@@ -122,25 +152,49 @@ class StreamSession:
         their tracks' votes (dropped when the track ended or the gallery changed
         since). ``may_recognise=False`` (a recognition is still in flight) picks no job.
         """
-        image = self.engine.decode(data).pixels
+        decoded = self.engine.decode(data)
+        image = decoded.pixels
         update = self.tracker.update(self.engine.detect(image), frame_index)
         for track_id in update.ended:
             self.identities.pop(track_id, None)
         self.tick += 1
         self._notice_gallery_changes()
         recognised = [track_id for outcome in finished for track_id in self._fold(outcome)]
-        faces = [(self._identity(face.track_id), face.detection) for face in update.faces]
-        chosen = select_for_recognition(faces, self.tick, self.engine.policy)
+        tracked = list(update.faces)
+        views = [view_face(image, face.detection.landmarks) for face in tracked]
+        qualities = tuple(
+            crop_quality(face.detection, view.sharpness)
+            for face, view in zip(tracked, views, strict=True)
+        )
+        suspects = self._suspects(tracked, views)
+        split: list[int] = []
+        if suspects:
+            split = self._check(decoded, tracked, suspects, views, qualities)
+            recognised += [tracked[index].track_id for index in suspects]
+        identities = [self._identity(face.track_id) for face in tracked]
+        for identity, view, quality in zip(identities, views, qualities, strict=True):
+            identity.observe(view, quality)
+        self._touch_unknowns(identities)
+        chosen = select_for_recognition(identities, self.tick, self.engine.policy)
         job = None
         if chosen and may_recognise:
-            tracked = tuple(update.faces[index] for index in chosen)
-            job = RecognitionJob(image, tracked, self.tick, self.gallery_epoch)
+            job = RecognitionJob(
+                image,
+                tuple(tracked[index] for index in chosen),
+                self.tick,
+                self.gallery_epoch,
+                decoded.sha256,
+                tuple(qualities[index] for index in chosen),
+                tuple(views[index].signature for index in chosen),
+            )
         return FrameResult(
             width=int(image.shape[1]),
             height=int(image.shape[0]),
-            faces=self._label(update.faces),
+            faces=label_faces(tracked, identities, qualities),
             recognised=recognised,
             job=job,
+            checked=len(suspects),
+            split=split,
         )
 
     def recognise(self, job: RecognitionJob) -> RecognitionOutcome:
@@ -149,13 +203,124 @@ class StreamSession:
         queries = np.stack([face.embedding for face in embedded])
         candidates = self.engine.gallery.search(self.collection, queries, CANDIDATES_PER_FACE)
         matches = assign_subjects(candidates, self.engine.threshold)
-        observations = tuple(
-            Observation(match.subject, match.similarity)
-            if match is not None
-            else Observation(None, hits[0].similarity if hits else 0.0)
-            for hits, match in zip(candidates, matches, strict=True)
+        recognitions = tuple(
+            Recognition(
+                Observation(match.subject, match.similarity)
+                if match is not None
+                else Observation(None, hits[0].similarity if hits else 0.0),
+                face,
+            )
+            for hits, match, face in zip(candidates, matches, embedded, strict=True)
         )
-        return RecognitionOutcome(job, observations)
+        return RecognitionOutcome(job, recognitions)
+
+    # --- identity changes ------------------------------------------------------------------
+
+    def _suspects(self, tracked: Sequence[TrackedFace], views: Sequence[FaceView]) -> list[int]:
+        """Faces of existing tracks whose view does not look like their recent ones."""
+        suspects = []
+        for index, (face, view) in enumerate(zip(tracked, views, strict=True)):
+            identity = self.identities.get(face.track_id)
+            if face.is_new or identity is None:
+                continue
+            similarity = identity.view_similarity(view)
+            if similarity is not None and similarity < self.engine.split_similarity:
+                suspects.append(index)
+        return suspects
+
+    def _check(
+        self,
+        decoded: DecodedImage,
+        tracked: list[TrackedFace],
+        suspects: Sequence[int],
+        views: Sequence[FaceView],
+        qualities: Sequence[float],
+    ) -> list[int]:
+        """Embed the suspects now; split the tracks of those who are somebody else and
+        fold each embedding's match into its (new or same) track. Returns the new ids."""
+        job = RecognitionJob(
+            decoded.pixels,
+            tuple(tracked[index] for index in suspects),
+            self.tick,
+            self.gallery_epoch,
+            decoded.sha256,
+            tuple(qualities[index] for index in suspects),
+            tuple(views[index].signature for index in suspects),
+        )
+        outcome = self.recognise(job)
+        split = []
+        for position, index in enumerate(suspects):
+            face = tracked[index]
+            recognition = outcome.recognitions[position]
+            if self.identities[face.track_id].same_person(recognition.face.embedding) is not True:
+                new_id = self.tracker.split(face.track_id)
+                del self.identities[face.track_id]
+                tracked[index] = face = TrackedFace(new_id, face.detection, is_new=True)
+                self._identity(new_id)
+                split.append(new_id)
+            self._fold_one(face.track_id, recognition, job, position)
+        return split
+
+    # --- recognitions ------------------------------------------------------------------------
+
+    def _fold(self, outcome: RecognitionOutcome) -> list[int]:
+        """Add an outcome's observations to its tracks' votes; the track ids folded."""
+        if outcome.job.gallery_epoch != self.gallery_epoch:
+            return []  # searched an older gallery: its tracks are due again anyway
+        return [
+            face.track_id
+            for position, (face, recognition) in enumerate(
+                zip(outcome.job.tracked, outcome.recognitions, strict=True)
+            )
+            if self._fold_one(face.track_id, recognition, outcome.job, position)
+        ]
+
+    def _fold_one(
+        self, track_id: int, recognition: Recognition, job: RecognitionJob, position: int
+    ) -> bool:
+        identity = self.identities.get(track_id)
+        if identity is None:
+            return False  # the track ended (or was split) while it was being recognised
+        quality = job.qualities[position] if job.qualities else 0.0
+        signature = job.signatures[position] if job.signatures else None
+        identity.votes.add(recognition.observation)
+        identity.recognised(job.tick, quality, signature)
+        identity.embeddings.append(recognition.face.embedding)
+        if recognition.observation.subject is None:
+            identity.unknown_crops.append(
+                UnknownCrop(
+                    aligned=recognition.face.aligned,
+                    embedding=recognition.face.embedding,
+                    detection=recognition.face.detection,
+                    quality=quality,
+                    frame_sha256=job.frame_sha256,
+                )
+            )
+        self._remember_unknown(identity)
+        return True
+
+    def _remember_unknown(self, identity: TrackIdentity) -> None:
+        """A track decided unknown gets (or keeps) an unknown id, with its best crops."""
+        store = self.engine.unknowns
+        decision = identity.votes.decision
+        if store is None or decision is None or decision.subject is not None:
+            return
+        if identity.unknown_id is not None and not identity.unknown_crops:
+            return
+        identity.unknown_id = store.remember(
+            stream_id=self.stream_id,
+            collection=self.collection,
+            owner=self.owner,
+            crops=identity.unknown_crops,
+            threshold=self.engine.threshold,
+            unknown_id=identity.unknown_id,
+        )
+        identity.unknown_crops = []
+
+    def _touch_unknowns(self, identities: Sequence[TrackIdentity]) -> None:
+        seen = [identity.unknown_id for identity in identities if identity.unknown_id]
+        if seen and self.engine.unknowns is not None:
+            self.engine.unknowns.touch(seen)
 
     def _identity(self, track_id: int) -> TrackIdentity:
         identity = self.identities.get(track_id)
@@ -163,7 +328,10 @@ class StreamSession:
             rule = self.engine.votes
             identity = TrackIdentity(
                 IdentityVotes(
-                    threshold=self.engine.threshold, window=rule.window, min_votes=rule.min_votes
+                    threshold=self.engine.threshold,
+                    window=rule.window,
+                    min_votes=rule.min_votes,
+                    instant_similarity=rule.instant_similarity,
                 )
             )
             self.identities[track_id] = identity
@@ -177,44 +345,3 @@ class StreamSession:
                 identity.mark_stale()
             self.gallery_epoch += 1
         self.gallery_faces = faces
-
-    def _fold(self, outcome: RecognitionOutcome) -> list[int]:
-        """Add an outcome's observations to its tracks' votes; the track ids folded."""
-        if outcome.job.gallery_epoch != self.gallery_epoch:
-            return []  # searched an older gallery: its tracks are due again anyway
-        folded = []
-        for face, observation in zip(outcome.job.tracked, outcome.observations, strict=True):
-            identity = self.identities.get(face.track_id)
-            if identity is None:
-                continue  # the track ended while it was being recognised
-            identity.votes.add(observation)
-            identity.recognised(outcome.job.tick, face_quality(face.detection))
-            folded.append(face.track_id)
-        return folded
-
-    def _label(self, tracked: Sequence[TrackedFace]) -> list[StreamFace]:
-        """Each visible track's decision; a name shown on two tracks stays on the heavier."""
-        decisions = [self.identities[face.track_id].votes.decision for face in tracked]
-        holder: dict[str, int] = {}
-        for index, decision in enumerate(decisions):
-            if decision is None or decision.subject is None:
-                continue
-            other = holder.get(decision.subject)
-            other_decision = decisions[other] if other is not None else None
-            if other_decision is None or decision.weight > other_decision.weight:
-                holder[decision.subject] = index
-        faces: list[StreamFace] = []
-        for index, (face, decision) in enumerate(zip(tracked, decisions, strict=True)):
-            named = decision is not None and (
-                decision.subject is None or holder.get(decision.subject) == index
-            )
-            faces.append(
-                StreamFace(
-                    track_id=face.track_id,
-                    bbox=face.detection.bbox,
-                    det_score=face.detection.score,
-                    subject=decision.subject if named and decision is not None else None,
-                    similarity=decision.similarity if decision is not None else None,
-                )
-            )
-        return faces

@@ -143,6 +143,19 @@ class Tracker:
                 faces.append(TrackedFace(track.track_id, detection, is_new=False))
         return TrackUpdate(faces=faces, ended=self._age(frame_index))
 
+    def split(self, track_id: int) -> int:
+        """Give an active track a new id from now on (somebody else took the face's place).
+
+        The box and its motion are kept: the new person stands where the last one
+        stood. Returns the new id; raises KeyError for an id that is not active.
+        """
+        for track in self._tracks:
+            if track.track_id == track_id:
+                track.track_id = self._next_id
+                self._next_id += 1
+                return track.track_id
+        raise KeyError(track_id)
+
     def _overlap(self, boxes: FloatArray, frame_index: int) -> FloatArray:
         if not self._tracks:
             return np.zeros((0, boxes.shape[0]), dtype=np.float32)

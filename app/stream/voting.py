@@ -9,7 +9,9 @@ track's name is therefore decided over its last ``window`` recognitions:
   weighs ``threshold`` (it counts like a borderline match, whatever its own
   similarity, so a clear match outweighs a doubtful unknown);
 - an outcome (a subject, or unknown) can win only with at least ``min_votes``
-  observations in the window; among those, the heaviest wins;
+  observations in the window, or, for a subject, one observation at or above
+  ``instant_similarity`` (a match so clear that waiting for a second frame would
+  only keep the name off the face longer); among those, the heaviest wins;
 - when no outcome qualifies, the previous decision stands (hysteresis): one odd
   frame never renames a track, and a new name needs ``min_votes`` agreeing frames.
 """
@@ -37,13 +39,22 @@ class Decision:
 class IdentityVotes:
     """The vote of one track. Not thread-safe: one stream session owns it."""
 
-    def __init__(self, *, threshold: float, window: int = 5, min_votes: int = 2) -> None:
+    def __init__(
+        self,
+        *,
+        threshold: float,
+        window: int = 5,
+        min_votes: int = 2,
+        instant_similarity: float | None = None,
+    ) -> None:
         if window < 1 or not 1 <= min_votes <= window:
             raise ValueError(f"need 1 <= min_votes <= window, got {min_votes} and {window}")
         self.threshold = threshold
         self.min_votes = min_votes
+        self.instant_similarity = instant_similarity
         self._window: deque[Observation] = deque(maxlen=window)
         self._decision: Decision | None = None
+        self._settled = False
 
     @property
     def decision(self) -> Decision | None:
@@ -54,9 +65,24 @@ class IdentityVotes:
     def observations(self) -> int:
         return len(self._window)
 
+    @property
+    def settled(self) -> bool:
+        """True when the observations in the window decide by themselves (not hysteresis)."""
+        return self._settled
+
+    @property
+    def latest(self) -> Observation | None:
+        return self._window[-1] if self._window else None
+
     def add(self, observation: Observation) -> Decision | None:
         self._window.append(observation)
-        winner = decide(list(self._window), threshold=self.threshold, min_votes=self.min_votes)
+        winner = decide(
+            list(self._window),
+            threshold=self.threshold,
+            min_votes=self.min_votes,
+            instant_similarity=self.instant_similarity,
+        )
+        self._settled = winner is not None
         if winner is not None:
             self._decision = winner
         elif self._decision is not None:
@@ -66,6 +92,7 @@ class IdentityVotes:
     def forget_observations(self) -> None:
         """Start a fresh window (the gallery changed) but keep showing the current decision."""
         self._window.clear()
+        self._settled = False
 
     def _refreshed(self, decision: Decision) -> Decision:
         """The standing decision with its figures recomputed over the current window."""
@@ -88,8 +115,15 @@ def _tally(subject: str | None, observations: list[Observation], threshold: floa
     )
 
 
-def decide(observations: list[Observation], *, threshold: float, min_votes: int) -> Decision | None:
-    """The heaviest outcome with at least ``min_votes`` observations, or None."""
+def decide(
+    observations: list[Observation],
+    *,
+    threshold: float,
+    min_votes: int,
+    instant_similarity: float | None = None,
+) -> Decision | None:
+    """The heaviest outcome with at least ``min_votes`` observations (or a subject's one
+    observation at ``instant_similarity``), or None."""
     by_outcome: dict[str | None, list[Observation]] = {}
     for observation in observations:
         by_outcome.setdefault(observation.subject, []).append(observation)
@@ -97,6 +131,11 @@ def decide(observations: list[Observation], *, threshold: float, min_votes: int)
         _tally(subject, group, threshold)
         for subject, group in by_outcome.items()
         if len(group) >= min_votes
+        or (
+            subject is not None
+            and instant_similarity is not None
+            and any(o.similarity >= instant_similarity for o in group)
+        )
     ]
     if not qualified:
         return None

@@ -8,20 +8,14 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from fastapi import FastAPI, WebSocket
 from fastapi.testclient import TestClient
-from starlette.websockets import WebSocketDisconnect
 
 from app.auth.bootstrap import FIRST_KEY_BANNER
-from app.auth.dependencies import authorize_websocket
-from app.auth.guard import Guard
-from app.auth.store import KEYS_FILENAME, KeyStore
-from app.errors import FaceRecError
+from app.auth.store import KEYS_FILENAME
 from app.main import create_app
 
 if TYPE_CHECKING:
@@ -372,40 +366,3 @@ def test_auth_off_in_the_environment_serves_without_keys(
     assert server.printed_keys() == []
     with server.client() as anonymous:
         assert anonymous.get("/subjects").status_code == 200
-
-
-# --- the WebSocket handshake check ----------------------------------------------------------
-
-
-def test_authorize_websocket_reads_the_header_or_the_query_parameter(tmp_path: Path) -> None:
-    """The check /stream calls before accepting: 1008 with the error code otherwise."""
-    store = KeyStore(tmp_path / KEYS_FILENAME)
-    token = store.create(name="cam", collections=["lobby"], admin=False).token
-    app = FastAPI()
-    app.state.runtime = SimpleNamespace(guard=Guard(store))
-
-    @app.websocket("/ws")
-    async def handshake(websocket: WebSocket, collection: str = "default") -> None:
-        try:
-            authorize_websocket(websocket, collection)
-        except FaceRecError as error:
-            await websocket.close(code=1008, reason=error.code)
-            return
-        await websocket.accept()
-        await websocket.send_text("welcome")
-        await websocket.close()
-
-    with TestClient(app) as client:
-        with client.websocket_connect("/ws?collection=lobby", headers=auth(token)) as ws:
-            assert ws.receive_text() == "welcome"
-        with client.websocket_connect(f"/ws?collection=lobby&api_key={token}") as ws:
-            assert ws.receive_text() == "welcome"
-        for url, reason in [
-            ("/ws?collection=lobby", "unauthorized"),
-            ("/ws?collection=lobby&api_key=nope", "unauthorized"),
-            (f"/ws?collection=hall&api_key={token}", "forbidden"),
-        ]:
-            with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect(url):
-                pass
-            assert (refused.value.code, refused.value.reason) == (1008, reason)
-    store.close()

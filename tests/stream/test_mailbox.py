@@ -93,3 +93,16 @@ def test_close_wakes_a_waiting_take(pending: bool) -> None:
 
     delivery = anyio.run(scenario)
     assert (delivery is not None) == pending
+
+
+def test_ready_then_take_now_hands_over_the_newest_frame() -> None:
+    mailbox = LatestFrameMailbox()
+    with pytest.raises(RuntimeError, match="pending"):
+        mailbox.take_now()
+    mailbox.put(frame(0))
+    mailbox.put(frame(1))
+    assert anyio.run(mailbox.ready) is True
+    delivery = mailbox.take_now()
+    assert (delivery.frame.index, delivery.dropped) == (1, [0])
+    mailbox.close()
+    assert anyio.run(mailbox.ready) is False

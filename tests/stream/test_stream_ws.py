@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
@@ -305,13 +307,171 @@ def test_with_auth_on_a_stream_needs_a_key_for_its_collection(
     store = guarded.app.state.runtime.guard.store  # type: ignore[attr-defined]
     token = store.create(name="camera", collections=["lobby"], admin=False).token
     frames = moving_frames([(bush, (60, 100))], 1)
-    for url, reason in [
-        ("/stream?collection=lobby", "unauthorized"),
-        ("/stream?collection=lobby&api_key=frk_nope", "unauthorized"),
-        (f"/stream?collection=hall&api_key={token}", "forbidden"),
+    as_protocol = ["facerec.v1", f"facerec.key.{token}"]
+    for url, options, reason in [
+        ("/stream?collection=lobby", {}, "unauthorized"),
+        (
+            "/stream?collection=lobby",
+            {"subprotocols": ["facerec.v1", "facerec.key.frk_no"]},
+            "unauthorized",
+        ),
+        ("/stream?collection=hall", {"subprotocols": as_protocol}, "forbidden"),
+        ("/stream?collection=hall", {"headers": {"X-API-Key": token}}, "forbidden"),
+        # A key in the URL is refused whatever it is: URLs end up in logs and histories.
+        (f"/stream?collection=lobby&api_key={token}", {}, "api_key_in_url"),
+        ("/stream?collection=lobby", {"subprotocols": [f"facerec.key.{token}"]}, "unauthorized"),
     ]:
-        with pytest.raises(WebSocketDisconnect) as refused, guarded.websocket_connect(url) as ws:
+        with (
+            pytest.raises(WebSocketDisconnect) as refused,
+            guarded.websocket_connect(url, **options) as ws,  # type: ignore[arg-type]
+        ):
             ws.receive_json()
-        assert (refused.value.code, refused.value.reason) == (1008, reason)
-    with guarded.websocket_connect(f"/stream?collection=lobby&api_key={token}") as socket:
+        assert refused.value.code == 1008
+        assert refused.value.reason.split(":")[0] == reason, (url, options)
+    with guarded.websocket_connect("/stream?collection=lobby", subprotocols=as_protocol) as socket:
+        assert socket.accepted_subprotocol == "facerec.v1"  # the key is never echoed back
         assert exchange(socket, frames)[0]["frame"] == 0
+    with guarded.websocket_connect(
+        "/stream?collection=lobby", headers={"X-API-Key": token}
+    ) as socket:
+        assert exchange(socket, frames)[0]["frame"] == 0
+
+
+def test_latency_is_the_server_time_within_the_round_trip(
+    client: TestClient, collection: str, bush: Any, moving_frames: MovingFrames, jpeg: Any
+) -> None:
+    frames = [jpeg(frame) for frame in moving_frames([(bush, (60, 100))], 5)]
+    with client.websocket_connect(f"/stream?collection={collection}") as socket:
+        for data in frames:
+            sent = time.perf_counter()
+            socket.send_bytes(data)
+            answer = socket.receive_json()
+            round_trip_ms = (time.perf_counter() - sent) * 1000.0
+            # Received after the client sent it, answered before the client got it.
+            assert 0.0 < answer["latency_ms"] <= round_trip_ms
+
+
+def test_per_camera_figures_are_in_the_metrics_with_bounded_names(
+    build_client: ClientFactory, bush: Any, moving_frames: MovingFrames, exchange: Exchange
+) -> None:
+    metered = build_client(stream_max_cameras=2)
+    frames = moving_frames([(bush, (60, 100))], 3)
+    counts = {"door": 3, "hall": 2, "roof": 1, "attic": 1}
+    for camera, count in counts.items():
+        with metered.websocket_connect(f"/stream?camera={camera}") as socket:
+            exchange(socket, frames[:count])
+    text = metered.get("/metrics").text
+
+    def value(series: str, camera: str) -> float:
+        prefix = f'{series}{{camera="{camera}"}} '
+        (line,) = [line for line in text.splitlines() if line.startswith(prefix)]
+        return float(line.removeprefix(prefix))
+
+    # The first two names get their own label, the later ones share "other".
+    assert value("facerec_stream_frames_processed_total", "door") == 3
+    assert value("facerec_stream_frames_processed_total", "hall") == 2
+    assert value("facerec_stream_frames_processed_total", "other") == 2
+    assert 'camera="roof"' not in text
+    assert value("facerec_stream_latency_seconds_count", "door") == 3
+    assert value("facerec_stream_frames_dropped_total", "door") == 0
+    assert value("facerec_streams_open", "door") == 0
+    # Frames of the last 5 s (a unit test pins the window: tests/stream/test_stream_metrics.py).
+    assert 0 <= value("facerec_stream_processed_fps", "door") <= 3 / 5
+    with (
+        pytest.raises(WebSocketDisconnect) as refused,
+        metered.websocket_connect("/stream?camera=no%20spaces") as ws,
+    ):
+        ws.receive_json()
+    assert (refused.value.code, refused.value.reason.split(":")[0]) == (1008, "invalid_request")
+
+
+def test_stream_settings_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, models_dir: Any, tmp_path: Any
+) -> None:
+    from app.config import Settings
+    from app.main import build_runtime, build_stream_hub
+
+    environment = {
+        "FACEREC_STREAM_MAX_CONCURRENT": "3",
+        "FACEREC_STREAM_MAX_PER_KEY": "1",
+        "FACEREC_STREAM_IDLE_TIMEOUT_S": "7.5",
+        "FACEREC_STREAM_KEY_CHECK_S": "0.5",
+        "FACEREC_STREAM_SEND_TIMEOUT_S": "4",
+        "FACEREC_STREAM_REID_INTERVAL": "7",
+        "FACEREC_STREAM_MAX_RECOGNITIONS_PER_FRAME": "2",
+        "FACEREC_STREAM_VOTE_WINDOW": "6",
+        "FACEREC_STREAM_MIN_VOTES": "3",
+        "FACEREC_STREAM_MAX_MISSED_FRAMES": "4",
+        "FACEREC_STREAM_INSTANT_MARGIN": "0.3",
+        "FACEREC_STREAM_SPLIT_SIMILARITY": "0.9",
+        "FACEREC_STREAM_UNKNOWN_TTL_S": "60",
+        "FACEREC_STREAM_UNKNOWN_CAPACITY": "10",
+        "FACEREC_STREAM_UNKNOWN_CROPS": "2",
+        "FACEREC_STREAM_MAX_CAMERAS": "5",
+        "FACEREC_STREAM_MAX_FRAME_BYTES": "100000",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("FACEREC_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("FACEREC_DATA_DIR", str(tmp_path / "gallery"))
+    monkeypatch.setenv("FACEREC_AUTH", "false")
+    runtime = build_runtime(Settings())
+    try:
+        hub = build_stream_hub(runtime)
+    finally:
+        runtime.close()
+    engine = hub.engine
+    assert (hub.slots.capacity, hub.slots.per_key, hub.max_frame_bytes) == (3, 1, 100000)
+    assert (hub.timeouts.idle_s, hub.timeouts.key_check_s, hub.timeouts.send_s) == (7.5, 0.5, 4)
+    assert (engine.policy.interval, engine.policy.max_per_frame) == (7, 2)
+    assert (engine.votes.window, engine.votes.min_votes) == (6, 3)
+    assert engine.votes.instant_similarity == pytest.approx(engine.threshold + 0.3)
+    assert (engine.tracking.max_missed, engine.split_similarity) == (4, 0.9)
+    assert (hub.unknowns.ttl_s, hub.unknowns.capacity, hub.unknowns.crops_per_face) == (60, 10, 2)
+    assert hub.metrics.cameras.limit == 5
+
+
+class StallAnswers:
+    """ASGI wrapper: after ``allowed`` answers, the socket's writes never complete (a client
+    that stopped reading, its TCP window full); the close still goes out."""
+
+    def __init__(self, app: Any, allowed: int) -> None:
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        sent = 0
+
+        async def stalling_send(message: Any) -> None:
+            nonlocal sent
+            if message["type"] == "websocket.send":
+                sent += 1
+                if sent > self.allowed:
+                    await anyio.sleep_forever()
+            await send(message)
+
+        await self.app(scope, receive, stalling_send if scope["type"] == "websocket" else send)
+
+
+def test_a_client_that_stops_reading_is_closed_as_a_slow_consumer(
+    models_dir: Any, tmp_path: Any, bush: Any, moving_frames: MovingFrames, jpeg: Any
+) -> None:
+    from app.config import Settings
+    from app.main import create_app
+
+    settings = Settings(
+        models_dir=models_dir, data_dir=tmp_path / "gallery", auth=False, stream_send_timeout_s=0.5
+    )
+    app = create_app(settings)
+    frame = jpeg(moving_frames([(bush, (60, 100))], 1)[0])
+    with TestClient(StallAnswers(app, allowed=2)) as stalled:  # type: ignore[arg-type]
+        with stalled.websocket_connect("/stream") as socket:
+            for _ in range(2):
+                socket.send_bytes(frame)
+                socket.receive_json()
+            socket.send_bytes(frame)  # its answer never leaves: 0.5 s later the stream ends
+            with pytest.raises(WebSocketDisconnect) as closed:
+                socket.receive_json()
+        assert (closed.value.code, closed.value.reason.split(":")[0]) == (1008, "slow_consumer")
+        with stalled.websocket_connect("/stream") as again:  # its slot was given back
+            again.send_bytes(frame)
+            assert again.receive_json()["frame"] == 0

@@ -116,3 +116,16 @@ def test_frame_indices_must_increase() -> None:
 def test_tracker_rejects_invalid_parameters(min_iou: float, max_missed: int) -> None:
     with pytest.raises(ValueError, match="must be"):
         Tracker(min_iou=min_iou, max_missed=max_missed)
+
+
+def test_a_split_track_gets_a_new_id_and_keeps_its_place() -> None:
+    tracker = Tracker()
+    (first,) = tracker.update([box(100, 100)], 0).faces
+    new_id = tracker.split(first.track_id)
+    assert new_id != first.track_id
+    assert tracker.active_ids == [new_id]
+    # The next frame at the same place continues the new id, not a third one.
+    (after,) = tracker.update([box(103, 101)], 1).faces
+    assert (after.track_id, after.is_new) == (new_id, False)
+    with pytest.raises(KeyError):
+        tracker.split(first.track_id)

@@ -94,3 +94,24 @@ def test_forgetting_observations_keeps_the_decision_until_new_votes_agree() -> N
 def test_votes_reject_invalid_rules(window: int, min_votes: int) -> None:
     with pytest.raises(ValueError, match="min_votes"):
         IdentityVotes(threshold=THRESHOLD, window=window, min_votes=min_votes)
+
+
+def test_one_clear_match_decides_at_once_when_instant_decisions_are_on() -> None:
+    clear = Observation("ada", 0.7)
+    assert decide([clear], threshold=THRESHOLD, min_votes=2) is None
+    decision = decide([clear], threshold=THRESHOLD, min_votes=2, instant_similarity=0.55)
+    assert decision is not None
+    assert (decision.subject, decision.votes) == ("ada", 1)
+    # A match under the instant similarity still needs its second vote, and an unknown
+    # observation is never decided from one frame.
+    assert decide([ADA_WEAK], threshold=THRESHOLD, min_votes=2, instant_similarity=0.55) is None
+    assert decide([UNKNOWN], threshold=THRESHOLD, min_votes=2, instant_similarity=0.0) is None
+
+
+def test_an_instant_match_does_not_outweigh_an_established_name() -> None:
+    vote = IdentityVotes(threshold=THRESHOLD, window=5, min_votes=2, instant_similarity=0.55)
+    for _ in range(3):
+        vote.add(ADA)
+    assert vote.add(Observation("bob", 0.6)) is not None
+    assert vote.decision is not None
+    assert vote.decision.subject == "ada"  # 1.8 against 0.6
