@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1 << 20
@@ -88,6 +88,23 @@ class Settings(BaseSettings):
     stream_min_votes: int = Field(2, ge=1, description="agreeing recognitions a name needs")
     stream_max_missed_frames: int = Field(
         5, ge=0, description="processed frames a face may go undetected and keep its track"
+    )
+
+    # --- PostgreSQL gallery and keys, shared by replicas (unset: embedded, in data_dir) -------
+    database_url: SecretStr | None = Field(
+        None, description="postgresql://user:password@host:port/db; unset = embedded gallery"
+    )
+    database_pool_size: int = Field(
+        8, ge=1, description="most connections this process opens to PostgreSQL (plus one)"
+    )
+    database_timeout_s: float = Field(
+        2.0, gt=0, description="wait for a connection this long, then a 503 database_unavailable"
+    )
+    database_statement_timeout_s: float = Field(
+        30.0, ge=0, description="cancel a statement running longer (503); 0 = no limit"
+    )
+    database_ef_search: int = Field(
+        100, ge=1, le=1000, description="HNSW candidates per search (pgvector hnsw.ef_search)"
     )
 
     @model_validator(mode="before")

@@ -34,9 +34,13 @@ STATUS_BY_ERROR: dict[type[errors.FaceRecError], int] = {
     errors.KeyNotFound: 404,
     errors.LastAdminKey: 409,
     errors.AuthDisabled: 409,
+    errors.DatabaseUnavailable: 503,
 }
 # Domain errors that are a client's answer even though their status is 5xx.
-CLIENT_VISIBLE_5XX: tuple[type[errors.FaceRecError], ...] = (errors.ServerBusy,)
+CLIENT_VISIBLE_5XX: tuple[type[errors.FaceRecError], ...] = (
+    errors.ServerBusy,
+    errors.DatabaseUnavailable,
+)
 
 
 # Codes of errors raised by the framework itself. 400 is a body FastAPI could not

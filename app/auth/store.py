@@ -53,7 +53,7 @@ _TABLES = (
 _COLUMNS = "key_id, name, key_hash, admin, collections, created_at, revoked_at"
 
 
-class KeyStore:
+class SqliteKeyStore:
     """Create, list, revoke and check API keys."""
 
     def __init__(self, path: Path) -> None:
