@@ -20,7 +20,7 @@ from starlette.websockets import WebSocketDisconnect
 from app.auth.bootstrap import FIRST_KEY_BANNER
 from app.auth.dependencies import authorize_websocket
 from app.auth.guard import Guard
-from app.auth.store import KEYS_FILENAME, KeyStore
+from app.auth.store import KEYS_FILENAME, SqliteKeyStore
 from app.errors import FaceRecError
 from app.main import create_app
 
@@ -379,7 +379,7 @@ def test_auth_off_in_the_environment_serves_without_keys(
 
 def test_authorize_websocket_reads_the_header_or_the_query_parameter(tmp_path: Path) -> None:
     """The check /stream calls before accepting: 1008 with the error code otherwise."""
-    store = KeyStore(tmp_path / KEYS_FILENAME)
+    store = SqliteKeyStore(tmp_path / KEYS_FILENAME)
     token = store.create(name="cam", collections=["lobby"], admin=False).token
     app = FastAPI()
     app.state.runtime = SimpleNamespace(guard=Guard(store))
