@@ -160,35 +160,69 @@ def insert_face(
     return row_id
 
 
+# A bulk import stages its rows with COPY (binary) in a temporary table of the
+# session, then moves them with one INSERT: one statement, so the counting trigger
+# fires once per batch instead of once per face.
+_STAGE = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS facerec_staged_faces ("
+    "ord integer, face_id text, subject_id bigint, image_sha256 text, "
+    "x1 double precision, y1 double precision, x2 double precision, y2 double precision, "
+    "det_score double precision, created_at timestamptz, embedding vector, png bytea"
+    ") ON COMMIT DELETE ROWS"
+)
+_STAGED_COLUMNS = (
+    "ord, face_id, subject_id, image_sha256, x1, y1, x2, y2, det_score, created_at, embedding, png"
+)
+_STAGED_TYPES = [
+    "int4", "text", "int8", "text", "float8", "float8", "float8", "float8", "float8",
+    "timestamptz", "vector", "bytea",
+]  # fmt: skip
+
+
 def insert_faces(
     connection: Connection,
     collection_id: int,
+    model_id: str,
     rows: Sequence[tuple[int, FaceRecord, NewFace]],
-) -> list[tuple[int, FaceRecord]]:
-    """Insert ``(subject_id, record, face)`` rows in one pipeline; the ``(row id, record)``
-    of those inserted (a face whose subject already has its image is skipped)."""
-    inserted: list[tuple[int, FaceRecord]] = []
-    crops: list[tuple[int, bytes]] = []
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            _INSERT_FACE,
-            [
-                _face_parameters(collection_id, subject_id, record, face.embedding)
-                for subject_id, record, face in rows
-            ],
-            returning=True,
-        )
-        for _, record, face in rows:  # one result per row, in order
-            result = cursor.fetchone()
-            if result is not None:
-                inserted.append((int(result[0]), record))
-                if face.aligned_png is not None:
-                    crops.append((int(result[0]), face.aligned_png))
-            cursor.nextset()
-    if crops:
-        with connection.cursor() as cursor:
-            cursor.executemany("INSERT INTO face_crops (face_row, png) VALUES (%s, %s)", crops)
-    return inserted
+) -> list[FaceRecord]:
+    """Insert ``(subject_id, record, face)`` rows in one statement; the records of those
+    inserted (a face whose subject already has its image, in the database or earlier
+    in ``rows``, is skipped)."""
+    connection.execute(_STAGE)
+    with connection.cursor().copy(
+        f"COPY facerec_staged_faces ({_STAGED_COLUMNS}) FROM STDIN WITH (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(_STAGED_TYPES)
+        for order, (subject_id, record, face) in enumerate(rows):
+            copy.write_row(
+                (
+                    order,
+                    record.face_id,
+                    subject_id,
+                    record.image_sha256,
+                    *record.bbox,
+                    record.det_score,
+                    record.created_at,
+                    np.ascontiguousarray(face.embedding, dtype=np.float32),
+                    face.aligned_png,
+                )
+            )
+    inserted = connection.execute(
+        "INSERT INTO faces (face_id, collection_id, subject_id, image_sha256, x1, y1, x2, y2, "
+        "det_score, model_id, created_at, embedding) "
+        "SELECT DISTINCT ON (subject_id, image_sha256) face_id, %s, subject_id, image_sha256, "
+        "x1, y1, x2, y2, det_score, %s, created_at, embedding FROM facerec_staged_faces "
+        "ORDER BY subject_id, image_sha256, ord "
+        "ON CONFLICT (subject_id, image_sha256) DO NOTHING RETURNING face_id",
+        (collection_id, model_id),
+    ).fetchall()
+    connection.execute(
+        "INSERT INTO face_crops (face_row, png) SELECT f.id, staged.png "
+        "FROM facerec_staged_faces staged JOIN faces f ON f.face_id = staged.face_id "
+        "WHERE staged.png IS NOT NULL"
+    )
+    kept = {face_id for (face_id,) in inserted}
+    return [record for _, record, _ in rows if record.face_id in kept]
 
 
 def insert_crop(connection: Connection, row_id: int, png: bytes) -> None:

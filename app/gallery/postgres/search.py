@@ -120,6 +120,18 @@ def best_per_subject(rows: list[tuple[str, str, float]], top_k: int) -> list[Sea
     ]
 
 
+def index_candidates_sql(dim: int) -> str:
+    """The approximate plan's statement: its ORDER BY is the index's expression."""
+    return (
+        "SELECT s.name, near.face_id, near.similarity FROM ("
+        "  SELECT f.subject_id, f.face_id, -(f.embedding <#> %(q)b) AS similarity"
+        "  FROM faces f WHERE f.collection_id = %(c)s"
+        f"  ORDER BY {index_expression(dim)} <#> (%(q)b::halfvec({int(dim)}))"
+        "  LIMIT %(n)s"
+        ") near JOIN subjects s ON s.id = near.subject_id"
+    )
+
+
 def _index_candidates(
     connection: psycopg.Connection[Any],
     collection_id: int,
@@ -130,13 +142,7 @@ def _index_candidates(
 ) -> list[tuple[str, str, float]]:
     """The index's nearest faces of the collection, with exact float32 similarities."""
     rows = connection.execute(
-        "SELECT s.name, near.face_id, near.similarity FROM ("
-        "  SELECT f.subject_id, f.face_id, -(f.embedding <#> %(q)b) AS similarity"
-        "  FROM faces f WHERE f.collection_id = %(c)s"
-        f"  ORDER BY {index_expression(dim)} <#> (%(q)b::halfvec({int(dim)}))"
-        "  LIMIT %(n)s"
-        ") near JOIN subjects s ON s.id = near.subject_id",
-        {"q": query, "c": collection_id, "n": limit},
+        index_candidates_sql(dim), {"q": query, "c": collection_id, "n": limit}
     ).fetchall()
     return [(name, face_id, float(similarity)) for name, face_id, similarity in rows]
 

@@ -153,8 +153,8 @@ class PostgresGallery:
                 )
                 for subject, face in faces
             ]
-            inserted = repository.insert_faces(connection, collection_id, rows)
-            touched = sorted({subject_ids[record.subject] for _, record in inserted})
+            inserted = repository.insert_faces(connection, collection_id, self._model_id, rows)
+            touched = sorted({subject_ids[record.subject] for record in inserted})
             if touched:
                 repository.touch_subjects(connection, touched, now)
             result = BulkResult(added=len(inserted), existing=len(faces) - len(inserted))
