@@ -122,9 +122,13 @@ class PostgresServer:
             "start",
         )
 
+    @property
+    def running(self) -> bool:
+        return (self.data_dir / "postmaster.pid").exists()
+
     def stop(self, mode: str = "fast") -> None:
         """``fast``: clean shutdown; ``immediate``: like a crash (WAL replay at next start)."""
-        if (self.data_dir / "postmaster.pid").exists():
+        if self.running:
             self._run("pg_ctl", "--pgdata", str(self.data_dir), "--mode", mode, "--wait", "stop")
 
     def destroy(self) -> None:
