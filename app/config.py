@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     database_statement_timeout_s: float = Field(
         30.0, ge=0, description="cancel a statement running longer (503); 0 = no limit"
     )
+    database_startup_timeout_s: float = Field(
+        30.0, gt=0, description="at start-up, wait this long for the database, then exit 1"
+    )
     database_ef_search: int = Field(
         100, ge=1, le=1000, description="HNSW candidates per search (pgvector hnsw.ef_search)"
     )

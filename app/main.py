@@ -172,6 +172,7 @@ def open_shared_database(settings: Settings) -> Database | None:
             pool_size=settings.database_pool_size,
             timeout_s=settings.database_timeout_s,
             statement_timeout_s=settings.database_statement_timeout_s,
+            startup_timeout_s=settings.database_startup_timeout_s,
         ),
     )
 
