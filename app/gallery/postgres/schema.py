@@ -34,6 +34,14 @@ def index_expression(dim: int) -> str:
     return f"(embedding::halfvec({int(dim)}))"
 
 
+def index_ddl(dim: int) -> str:
+    """The statement that creates the search index (also after a bulk load without it)."""
+    return (
+        f"CREATE INDEX {INDEX_NAME} ON faces USING hnsw ({index_expression(dim)} halfvec_ip_ops) "
+        f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
+    )
+
+
 def bind_model(connection: psycopg.Connection[Any], *, model_id: str, dim: int, where: str) -> None:
     """Record the model of a new gallery, or check an existing one's. Call it inside
     ``Database.setup_transaction`` (replicas opening together take turns)."""
@@ -81,7 +89,4 @@ def _bind(connection: psycopg.Connection[Any], *, model_id: str, dim: int) -> No
             ],
         )
     connection.execute(f"ALTER TABLE faces ALTER COLUMN embedding TYPE vector({int(dim)})")
-    connection.execute(
-        f"CREATE INDEX {INDEX_NAME} ON faces USING hnsw ({index_expression(dim)} halfvec_ip_ops) "
-        f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
-    )
+    connection.execute(index_ddl(dim))
