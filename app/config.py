@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1 << 20
@@ -117,6 +117,16 @@ class Settings(BaseSettings):
         if isinstance(providers, str):
             values["providers"] = [p.strip() for p in providers.split(",") if p.strip()]
         return values
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _database_url_or_none(cls, value: object) -> object:
+        """Empty means unset: the embedded gallery. (The URL is checked where it is
+        used, so that no error message ever repeats its password.)"""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text is None or (isinstance(text, str) and not text.strip()):
+            return None
+        return value
 
     @model_validator(mode="after")
     def _stream_votes_fit_window(self) -> Settings:

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import psycopg
+
 from app.auth.issuing import NewKey, issue_key
 from app.auth.keys import ApiKey, IssuedKey, key_id_of, token_matches
 from app.errors import DatabaseUnavailable, KeyNotFound, LastAdminKey
@@ -29,7 +31,7 @@ from app.storage.postgres.database import Database
 from app.storage.postgres.errors import CLIENT_MESSAGE, RETRY_AFTER_S
 from app.storage.sqlite import utc_now
 
-Connection = Any  # psycopg.Connection[Any]; kept loose for the lambdas below
+Connection = psycopg.Connection[Any]
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +84,10 @@ class PostgresKeyStore:
         def first(connection: Connection) -> bool:
             # Conflicts with itself: replicas starting together take turns here.
             connection.execute("LOCK TABLE api_keys IN SHARE ROW EXCLUSIVE MODE")
-            if connection.execute("SELECT EXISTS (SELECT 1 FROM api_keys)").fetchone()[0]:
+            (exists,) = connection.execute("SELECT EXISTS (SELECT 1 FROM api_keys)").fetchone() or (
+                False,
+            )
+            if exists:
                 return False
             _insert(connection, new)
             return True
@@ -129,6 +134,7 @@ class PostgresKeyStore:
                 f"UPDATE api_keys SET revoked_at = %s WHERE key_id = %s RETURNING {_COLUMNS}",
                 (utc_now(), key_id),
             ).fetchone()
+            assert revoked is not None  # the row is locked: it is still there
             return _key(revoked)
 
         key = self._database.run(write, what="revoke key")

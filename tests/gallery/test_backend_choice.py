@@ -13,6 +13,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from app.config import Settings
+from app.errors import GalleryUnavailable
+from app.storage.postgres import open_database
 from tests.pgserver import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,3 +110,14 @@ def test_serve_with_an_unreachable_database_exits_with_one_line_and_no_password(
     assert f"127.0.0.1:{port}/facerec" in lines[0]
     assert "hunter2" not in result.stderr + result.stdout
     assert not (tmp_path / "data").exists()  # the embedded gallery was not opened instead
+
+
+def test_an_empty_database_url_means_the_embedded_gallery() -> None:
+    assert Settings(database_url="").database_url is None  # type: ignore[arg-type]
+    assert Settings(database_url="  ").database_url is None  # type: ignore[arg-type]
+
+
+def test_a_url_of_another_database_is_refused_without_repeating_it() -> None:
+    with pytest.raises(GalleryUnavailable, match="must be a PostgreSQL URL") as raised:
+        open_database("mysql://facerec:hunter2@db/facerec")
+    assert "hunter2" not in raised.value.message

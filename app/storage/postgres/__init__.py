@@ -19,6 +19,12 @@ INSTALL_HINT = "pip install 'facerec[cpu,postgres]'"
 
 def open_database(url: str, options: DatabaseOptions | None = None) -> Database:
     """Connect to ``url``, apply the migrations, open the pool (see ``Database``)."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in {"postgresql", "postgres"}:
+        raise GalleryUnavailable(
+            "FACEREC_DATABASE_URL must be a PostgreSQL URL, postgresql://user:password@host"
+            f":port/database (its scheme is {scheme[:20]!r})"
+        )
     try:
         from app.storage.postgres.database import Database
     except ImportError as exc:
