@@ -138,6 +138,9 @@ class PostgresGallery:
             return BulkResult(added=0, existing=0)
 
         def write(connection: Connection) -> tuple[BulkResult, int]:
+            # An import batch may take long (each face goes into the HNSW graph): it is
+            # an operator's job, not a request, so no statement time limit here.
+            connection.execute("SET LOCAL statement_timeout = 0")
             now = utc_now()
             collection_id = repository.lock_collection(connection, collection, create=True)
             assert collection_id is not None
