@@ -16,7 +16,7 @@ from PIL import Image
 
 from app.config import Settings
 from app.main import create_app
-from tests.pgserver import INSTALL_HINT, PostgresServer, missing_pieces
+from tests.pgserver import INSTALL_HINT, PostgresServer, missing_pieces, reap_orphans
 from tests.serving import Server, StartServer, server_environment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,6 +189,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         if os.environ.get("CI"):
             pytest.fail(f"CI needs PostgreSQL for the PostgreSQL tests: {message}")
         pytest.skip(message)
+    reap_orphans()  # servers of earlier runs killed before their teardown
     server = PostgresServer(POSTGRES_TEST_SETTINGS)
     try:
         from app.storage.postgres import open_database

@@ -41,6 +41,10 @@ SERVER_SETTINGS = {
 }
 
 
+ROOT_PREFIX = "facerec-pg-"
+OWNER_FILE = "owner.pid"
+
+
 class PostgresUnavailable(RuntimeError):
     """This machine cannot run the test server (not installed, pgvector missing)."""
 
@@ -61,6 +65,42 @@ def missing_pieces() -> str | None:
     return None
 
 
+def reap_orphans(temp_dir: Path | None = None) -> list[Path]:
+    """Stop and delete servers whose owning process is gone (a test run that was
+    killed before its teardown); returns their folders."""
+    reaped = []
+    for root in Path(temp_dir or tempfile.gettempdir()).glob(f"{ROOT_PREFIX}*"):
+        owner = root / OWNER_FILE
+        try:
+            pid = int(owner.read_text().strip())
+        except (OSError, ValueError):
+            continue  # not ours, or still being created
+        if _alive(pid):
+            continue
+        data_dir = root / "data"
+        if (data_dir / "postmaster.pid").exists():
+            as_user = ["runuser", "-u", SERVER_USER, "--"] if os.geteuid() == 0 else []
+            subprocess.run(
+                [*as_user, str(PG_BIN / "pg_ctl"), "--pgdata", str(data_dir), "--mode",
+                 "immediate", "--wait", "stop"],
+                capture_output=True,
+                check=False,
+            )  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
+        reaped.append(root)
+    return reaped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -75,7 +115,9 @@ class PostgresServer:
         problem = missing_pieces()
         if problem:
             raise PostgresUnavailable(f"{problem}: {INSTALL_HINT}")
-        self.root = Path(tempfile.mkdtemp(prefix="facerec-pg-"))
+        self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+        # Who owns this server: a later session stops it if this process dies first.
+        (self.root / OWNER_FILE).write_text(f"{os.getpid()}\n")
         self.data_dir = self.root / "data"
         self.socket_dir = self.root / "socket"
         self.log_path = self.root / "server.log"
