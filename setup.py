@@ -22,6 +22,8 @@ setup(
     package_dir={CATALOG: "models"},
     package_data={
         "app.static": ["*"],  # the live-stream demo page, served at /static
+        # PostgreSQL schema migrations, applied at start-up (app/storage/postgres/migrations.py)
+        "app.storage.postgres.migrations": ["*.sql"],
         CATALOG: ["README.md"],
         f"{CATALOG}.manifests": ["*.json"],
         f"{CATALOG}.packs": ["*.json"],

@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from app.auth.store import KEYS_FILENAME, KeyStore
+from app.auth.keystore import KeyStore
+from app.auth.store import KEYS_FILENAME, SqliteKeyStore
 from app.config import Settings
 from app.errors import FaceRecError, ModelChecksumMismatch, ModelNotFound
 from app.inference.catalog import (
@@ -137,19 +139,38 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _key_store(args: argparse.Namespace) -> KeyStore:
-    data_dir: Path = args.data_dir if args.data_dir is not None else Settings().data_dir
+@contextmanager
+def _key_store(args: argparse.Namespace) -> Iterator[KeyStore]:
+    """The service's key store: PostgreSQL when FACEREC_DATABASE_URL is set, else the
+    SQLite file in the data folder (local file access is what authorises these commands)."""
+    settings = Settings()
+    if settings.database_url is not None:
+        from app.main import open_shared_database, shared_key_store
+
+        database = open_shared_database(settings)
+        assert database is not None  # database_url is set
+        try:
+            store = shared_key_store(database)
+            try:
+                yield store
+            finally:
+                store.close()
+        finally:
+            database.close()
+        return
+    data_dir: Path = args.data_dir if args.data_dir is not None else settings.data_dir
     if not data_dir.is_dir():
         raise OSError(f"{data_dir} is not a folder (FACEREC_DATA_DIR, or --data-dir)")
-    return KeyStore(data_dir / KEYS_FILENAME)
+    store = SqliteKeyStore(data_dir / KEYS_FILENAME)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _create_admin_key(args: argparse.Namespace) -> int:
-    store = _key_store(args)
-    try:
+    with _key_store(args) as store:
         issued = store.create(name=args.name, collections=(), admin=True)
-    finally:
-        store.close()
     print(f"key id:    {issued.key.key_id}", file=sys.stderr)
     print(
         "X-API-Key (shown once, store it now; a running server accepts it at once):",
@@ -160,11 +181,8 @@ def _create_admin_key(args: argparse.Namespace) -> int:
 
 
 def _list_keys(args: argparse.Namespace) -> int:
-    store = _key_store(args)
-    try:
+    with _key_store(args) as store:
         keys = store.list_keys()
-    finally:
-        store.close()
     rows = [("KEY ID", "NAME", "SCOPE", "REVOKED")]
     for key in keys:
         scope = "admin" if key.admin else ",".join(key.collections)

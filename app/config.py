@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1 << 20
@@ -137,6 +137,26 @@ class Settings(BaseSettings):
         32, ge=1, description="distinct camera names in /metrics; later ones are 'other'"
     )
 
+    # --- PostgreSQL gallery and keys, shared by replicas (unset: embedded, in data_dir) -------
+    database_url: SecretStr | None = Field(
+        None, description="postgresql://user:password@host:port/db; unset = embedded gallery"
+    )
+    database_pool_size: int = Field(
+        8, ge=1, description="most connections this process opens to PostgreSQL (plus one)"
+    )
+    database_timeout_s: float = Field(
+        2.0, gt=0, description="wait for a connection this long, then a 503 database_unavailable"
+    )
+    database_statement_timeout_s: float = Field(
+        30.0, ge=0, description="cancel a statement running longer (503); 0 = no limit"
+    )
+    database_startup_timeout_s: float = Field(
+        30.0, gt=0, description="at start-up, wait this long for the database, then exit 1"
+    )
+    database_ef_search: int = Field(
+        100, ge=1, le=1000, description="HNSW candidates per search (pgvector hnsw.ef_search)"
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _split_providers(cls, values: dict[str, object]) -> dict[str, object]:
@@ -144,6 +164,16 @@ class Settings(BaseSettings):
         if isinstance(providers, str):
             values["providers"] = [p.strip() for p in providers.split(",") if p.strip()]
         return values
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _database_url_or_none(cls, value: object) -> object:
+        """Empty means unset: the embedded gallery. (The URL is checked where it is
+        used, so that no error message ever repeats its password.)"""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text is None or (isinstance(text, str) and not text.strip()):
+            return None
+        return value
 
     @model_validator(mode="after")
     def _stream_votes_fit_window(self) -> Settings:

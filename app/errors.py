@@ -193,3 +193,22 @@ class UnknownNotFound(FaceRecError):
     """No unknown face of a stream by that id for this collection and key (or it expired)."""
 
     code = "unknown_not_found"
+
+
+# --- database (the PostgreSQL backend, FACEREC_DATABASE_URL) ------------------------
+
+
+class DatabaseUnavailable(GalleryUnavailable):
+    """The database cannot be reached right now (down, restarting, overloaded, read-only).
+
+    Requests fail at once with this (HTTP 503 and ``Retry-After``) instead of hanging;
+    the service reconnects by itself when the database is back.
+    """
+
+    code = "database_unavailable"
+
+
+class SchemaTooNew(GalleryUnavailable):
+    """The database was migrated by a newer facerec than this one; upgrade facerec."""
+
+    code = "schema_too_new"

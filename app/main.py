@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import anyio
 import faiss
@@ -31,6 +32,7 @@ from app.api.limits import (
 from app.auth.bootstrap import open_guard
 from app.auth.dependencies import API_KEY_HEADER
 from app.auth.guard import Guard
+from app.auth.keystore import KeyStore
 from app.config import Settings
 from app.core.pipeline import FacePipeline
 from app.core.service import FaceService, QualityGate
@@ -48,6 +50,9 @@ from app.stream.reid import ReidPolicy
 from app.stream.session import StreamEngine, TrackRule, VoteRule
 from app.stream.unknowns import UnknownStore
 
+if TYPE_CHECKING:
+    from app.storage.postgres.database import Database
+
 logger = logging.getLogger("app")
 
 
@@ -64,11 +69,15 @@ class Runtime:
     metrics: Metrics
     admission: AdmissionGate
     turns: FairTurns
+    # The PostgreSQL connections gallery and keys share (FACEREC_DATABASE_URL), or None.
+    database: Database | None = None
 
     def close(self) -> None:
         if self.guard.store is not None:
             self.guard.store.close()
         self.service.gallery.close()
+        if self.database is not None:
+            self.database.close()
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -91,19 +100,31 @@ def build_runtime(settings: Settings) -> Runtime:
     # Invariants: the manifest validator requires both for recognizers.
     assert manifest.embedding_dim is not None
     assert manifest.thresholds is not None
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    gallery = open_gallery(
-        data_dir=settings.data_dir, model_id=manifest.model_id, dim=manifest.embedding_dim
-    )
+    database = open_shared_database(settings)
     try:
-        guard = open_guard(
-            settings.data_dir,
-            enabled=settings.auth,
-            rate_per_s=settings.rate_limit_per_second,
-            burst=settings.rate_limit_burst,
+        if database is None:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        gallery = open_gallery(
+            data_dir=settings.data_dir,
+            model_id=manifest.model_id,
+            dim=manifest.embedding_dim,
+            database=database,
+            ef_search=settings.database_ef_search,
         )
+        try:
+            guard = open_guard(
+                settings.data_dir,
+                enabled=settings.auth,
+                rate_per_s=settings.rate_limit_per_second,
+                burst=settings.rate_limit_burst,
+                store=shared_key_store(database) if database and settings.auth else None,
+            )
+        except BaseException:
+            gallery.close()
+            raise
     except BaseException:
-        gallery.close()
+        if database is not None:
+            database.close()
         raise
     metrics = Metrics()
     metrics.watch_gallery(gallery.stats)
@@ -155,7 +176,31 @@ def build_runtime(settings: Settings) -> Runtime:
         metrics=metrics,
         admission=admission,
         turns=turns,
+        database=database,
     )
+
+
+def open_shared_database(settings: Settings) -> Database | None:
+    """PostgreSQL for gallery and keys when FACEREC_DATABASE_URL is set, else None."""
+    if settings.database_url is None:
+        return None
+    from app.storage.postgres import DatabaseOptions, open_database
+
+    return open_database(
+        settings.database_url.get_secret_value(),
+        DatabaseOptions(
+            pool_size=settings.database_pool_size,
+            timeout_s=settings.database_timeout_s,
+            statement_timeout_s=settings.database_statement_timeout_s,
+            startup_timeout_s=settings.database_startup_timeout_s,
+        ),
+    )
+
+
+def shared_key_store(database: Database) -> KeyStore:
+    from app.auth.pgstore import PostgresKeyStore
+
+    return PostgresKeyStore(database)
 
 
 def build_stream_hub(runtime: Runtime) -> StreamHub:

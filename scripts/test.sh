@@ -4,7 +4,7 @@
 # (default ../shared/data). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh cpu test,train
+scripts/setup.sh cpu test,train,postgres
 . .venv/bin/activate
 export FACEREC_MODELS_DIR="${FACEREC_MODELS_DIR:-../shared/models}"
 export FACEREC_DATA_ROOT="${FACEREC_DATA_ROOT:-../shared/data}"

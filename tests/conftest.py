@@ -16,6 +16,7 @@ from PIL import Image
 
 from app.config import Settings
 from app.main import create_app
+from tests.pgserver import INSTALL_HINT, PostgresServer, missing_pieces, reap_orphans
 from tests.serving import Server, StartServer, server_environment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -165,3 +166,45 @@ def start_server(models_dir: Path, tmp_path: Path) -> Iterator[StartServer]:
     yield start
     for server in servers:
         server.stop()
+
+
+# --- a real PostgreSQL + pgvector (tests/gallery/conformance, tests/postgres) ------------------
+
+# fsync off: these tests kill clients and restart the server cleanly, never the
+# machine, so what a commit hands to the OS survives them; the disk is shared.
+POSTGRES_TEST_SETTINGS = {"fsync": "off", "full_page_writes": "off"}
+TEMPLATE_DATABASE = "facerec_template"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway server per test session, with a migrated template database.
+
+    Without PostgreSQL and pgvector the tests that need it skip, except in CI
+    (``CI`` set), where they fail: .ci/run installs both.
+    """
+    problem = missing_pieces()
+    if problem:
+        message = f"{problem}: {INSTALL_HINT}"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs PostgreSQL for the PostgreSQL tests: {message}")
+        pytest.skip(message)
+    reap_orphans()  # servers of earlier runs killed before their teardown
+    server = PostgresServer(POSTGRES_TEST_SETTINGS)
+    try:
+        from app.storage.postgres import open_database
+
+        open_database(server.create_database(TEMPLATE_DATABASE)).close()
+        server.psql(f'ALTER DATABASE "{TEMPLATE_DATABASE}" WITH IS_TEMPLATE true')
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, migrated database of its own for one test; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    postgres_server.psql(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DATABASE}"')
+    yield postgres_server.url(name)
+    postgres_server.psql(f'DROP DATABASE "{name}" WITH (FORCE)')

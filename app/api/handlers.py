@@ -38,9 +38,13 @@ STATUS_BY_ERROR: dict[type[errors.FaceRecError], int] = {
     errors.ConcurrencyLimited: 429,
     errors.NameConflict: 409,
     errors.UnknownNotFound: 404,
+    errors.DatabaseUnavailable: 503,
 }
 # Domain errors that are a client's answer even though their status is 5xx.
-CLIENT_VISIBLE_5XX: tuple[type[errors.FaceRecError], ...] = (errors.ServerBusy,)
+CLIENT_VISIBLE_5XX: tuple[type[errors.FaceRecError], ...] = (
+    errors.ServerBusy,
+    errors.DatabaseUnavailable,
+)
 
 
 # Codes of errors raised by the framework itself. 400 is a body FastAPI could not

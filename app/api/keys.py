@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Request, status
 
 from app.auth.dependencies import AdminCaller, guard_of
 from app.auth.keys import ApiKey
-from app.auth.store import KeyStore
+from app.auth.keystore import KeyStore
 from app.errors import AuthDisabled
 from app.schemas import ErrorResponse, KeyCreate, KeyCreated, KeyList, KeyOut
 

@@ -9,8 +9,9 @@ from typing import TextIO
 
 from app.auth.guard import Guard
 from app.auth.keys import IssuedKey
+from app.auth.keystore import KeyStore
 from app.auth.ratelimit import RateLimiter
-from app.auth.store import KEYS_FILENAME, KeyStore
+from app.auth.store import KEYS_FILENAME, SqliteKeyStore
 
 logger = logging.getLogger(__name__)
 FIRST_KEY_BANNER = "FACEREC FIRST ADMIN API KEY"
@@ -24,12 +25,18 @@ def open_guard(
     rate_per_s: float,
     burst: int,
     announce_to: TextIO | None = None,
+    store: KeyStore | None = None,
 ) -> Guard:
-    """The guard for this process. With ``enabled`` False nothing is opened or checked."""
+    """The guard for this process. With ``enabled`` False nothing is opened or checked.
+
+    ``store``: where keys live (the guard then owns it); default: the SQLite store
+    in ``data_dir``.
+    """
     if not enabled:
         logger.warning("API key authentication is OFF (FACEREC_AUTH=off): every caller is admin")
         return Guard(None)
-    store = KeyStore(data_dir / KEYS_FILENAME)
+    if store is None:
+        store = SqliteKeyStore(data_dir / KEYS_FILENAME)
     try:
         issued = store.create_first_admin()
     except BaseException:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 
 from app.auth.keys import ApiKey
+from app.auth.keystore import KeyStore
 from app.auth.ratelimit import RateLimiter
-from app.auth.store import KeyStore
 from app.errors import Forbidden, RateLimited, Unauthorized
 
 

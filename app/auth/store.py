@@ -64,7 +64,7 @@ _COLUMNS = "key_id, name, key_hash, admin, collections, created_at, revoked_at"
 REFRESH_INTERVAL_S = 1.0
 
 
-class KeyStore:
+class SqliteKeyStore:
     """Create, list, revoke and check API keys."""
 
     def __init__(self, path: Path) -> None:

@@ -10,13 +10,16 @@ Contract every backend honours (``tests/gallery/conformance`` checks it):
   and refuses to open for another (``GalleryModelMismatch``).
 * Durability: a write has committed when it returns; an acknowledged write
   survives the process being killed.
-* Collections are namespaces; nothing crosses them.
+* Collections are namespaces; nothing crosses them. Names (collections, subjects)
+  are any well-formed Unicode of at most 1024 bytes of UTF-8, without NUL
+  (``app.gallery.values``); others are ``InvalidRequest``.
 * Searches return, per query, up to ``top_k`` distinct subjects ranked by their most
   similar face (cosine = dot product of unit vectors), best first; never fewer than
   ``top_k`` while the collection holds that many subjects.
 * Thread-safe: every method may be called from several worker threads at once.
 * Errors are domain errors (``SubjectNotFound``, ``FaceNotFound``,
-  ``InvalidRequest``, ``GalleryUnavailable`` when the store cannot be reached).
+  ``InvalidRequest``, ``GalleryUnavailable`` when the store cannot be reached;
+  its ``DatabaseUnavailable`` when a shared database is away for now: retry).
 """
 
 from __future__ import annotations

@@ -11,20 +11,30 @@ from app.errors import InvalidRequest
 # anything further off was never normalised (or belongs to a different metric).
 UNIT_NORM_TOLERANCE = 1e-3
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Names are keys of database indexes, and a PostgreSQL btree entry holds at most
+# ~2.7 kB: 1 kB of UTF-8 leaves room, and is far beyond any real name (the HTTP API
+# allows 64-character collections and 128-character subjects).
+MAX_TEXT_BYTES = 1024
 
 
 def require_text(value: str, what: str) -> None:
-    """Reject strings a database cannot store: lone surrogates (not UTF-8), NUL."""
+    """Reject strings a database cannot store: lone surrogates (not UTF-8), NUL, and
+    more than ``MAX_TEXT_BYTES`` of UTF-8."""
     if "\x00" in value:
         raise InvalidRequest(f"{what} must not contain NUL characters", field=what)
     try:
-        value.encode("utf-8")
+        encoded = value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidRequest(
             f"{what} is not valid Unicode text (it contains a lone surrogate at position "
             f"{exc.start}); send it as well-formed UTF-8",
             field=what,
         ) from exc
+    if len(encoded) > MAX_TEXT_BYTES:
+        raise InvalidRequest(
+            f"{what} is {len(encoded)} bytes of UTF-8; at most {MAX_TEXT_BYTES} are allowed",
+            field=what,
+        )
 
 
 def validate_embeddings(embeddings: FloatArray, dim: int, what: str) -> FloatArray:

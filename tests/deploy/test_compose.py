@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -29,6 +30,7 @@ PROVIDER_RANK = {
     "CUDAExecutionProvider": 1,
     "CPUExecutionProvider": 2,
 }
+POSTGRES_REPLICAS = ["facerec-pg-1", "facerec-pg-2"]
 INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?::-(?P<default>[^}]*))?\}")
 
 
@@ -55,7 +57,7 @@ def environment(name: str) -> dict[str, str]:
     return {key: resolved(value) for key, value in service(name)["environment"].items()}
 
 
-def run_compose(*args: str) -> subprocess.CompletedProcess[str]:
+def run_compose(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:
     executable = shutil.which("docker-compose")
     if executable is None:
         message = "docker-compose is not installed (apt-get install docker-compose)"
@@ -64,6 +66,7 @@ def run_compose(*args: str) -> subprocess.CompletedProcess[str]:
         pytest.skip(message)
     # Only the file's own defaults: the caller's FACEREC_* must not change what is checked.
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("FACEREC_", "COMPOSE_"))}
+    clean.update(variables)
     return subprocess.run(
         [executable, "--project-directory", str(REPO), "-f", str(COMPOSE_FILE), *args],
         cwd=REPO,
@@ -75,18 +78,27 @@ def run_compose(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("profile", [(), ("--profile", "gpu")], ids=["default", "gpu-profile"])
+@pytest.mark.parametrize(
+    "profile",
+    [(), ("--profile", "gpu"), ("--profile", "postgres")],
+    ids=["default", "gpu-profile", "postgres-profile"],
+)
 def test_compose_file_is_valid_for_docker_compose(profile: tuple[str, ...]) -> None:
     result = run_compose(*profile, "config", "--quiet")
 
     assert result.returncode == 0, result.stderr
 
 
-def test_docker_compose_sees_both_services() -> None:
-    result = run_compose("--profile", "gpu", "config", "--services")
+def test_docker_compose_sees_every_service() -> None:
+    result = run_compose("--profile", "gpu", "--profile", "postgres", "config", "--services")
 
     assert result.returncode == 0, result.stderr
-    assert sorted(result.stdout.split()) == ["facerec", "facerec-gpu"]
+    assert sorted(result.stdout.split()) == [
+        "facerec",
+        "facerec-gpu",
+        *POSTGRES_REPLICAS,
+        "postgres",
+    ]
 
 
 def test_cpu_service_builds_the_cpu_image_and_is_in_no_profile() -> None:
@@ -117,7 +129,7 @@ def test_gpu_service_requests_cuda_in_priority_order() -> None:
     assert providers == sorted(providers, key=PROVIDER_RANK.__getitem__)
 
 
-@pytest.mark.parametrize("name", ["facerec", "facerec-gpu"])
+@pytest.mark.parametrize("name", ["facerec", "facerec-gpu", *POSTGRES_REPLICAS])
 def test_every_facerec_variable_is_a_setting(name: str) -> None:
     fields = {f"FACEREC_{field.upper()}" for field in Settings.model_fields}
     variables = environment(name)
@@ -157,3 +169,60 @@ def test_healthcheck_probes_a_get_route_of_the_app(name: str) -> None:
     assert found is not None
     assert found["path"] == "/health"
     assert "get" in paths["/health"]
+
+
+# --- profile postgres: replicas on one PostgreSQL + pgvector --------------------------------
+
+
+def test_postgres_service_is_the_official_pgvector_image_with_a_volume_and_healthcheck() -> None:
+    database = service("postgres")
+    mounts = dict(resolved(volume).rsplit(":", 1)[::-1] for volume in database["volumes"])
+
+    assert database["profiles"] == ["postgres"]
+    assert database["image"] == "pgvector/pgvector:pg17"
+    assert mounts["/var/lib/postgresql/data"] in load_compose()["volumes"]
+    probe = database["healthcheck"]["test"]
+    assert probe[0] == "CMD-SHELL"
+    assert "pg_isready" in probe[1]
+    assert "ports" not in database  # reached by the replicas only, never from the host
+
+
+def test_postgres_has_no_default_password() -> None:
+    variables = {k: str(v) for k, v in service("postgres")["environment"].items()}
+    assert resolved(variables["POSTGRES_PASSWORD"]) == ""  # unset: the image refuses to start
+    assert "FACEREC_POSTGRES_PASSWORD" in variables["POSTGRES_PASSWORD"]
+
+
+@pytest.mark.parametrize("name", POSTGRES_REPLICAS)
+def test_replicas_use_the_postgres_service_once_it_is_healthy(name: str) -> None:
+    replica = service(name)
+    database = {k: str(v) for k, v in service("postgres")["environment"].items()}
+    url = urlsplit(environment(name)["FACEREC_DATABASE_URL"])
+
+    assert replica["profiles"] == ["postgres"]
+    assert replica["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert (url.scheme, url.hostname, url.port) == ("postgresql", "postgres", 5432)
+    assert url.username == database["POSTGRES_USER"]
+    assert url.path == f"/{database['POSTGRES_DB']}"
+    assert "FACEREC_POSTGRES_PASSWORD" in replica["environment"]["FACEREC_DATABASE_URL"]
+    assert replica["build"] == {"context": ".", "dockerfile": "docker/Dockerfile"}
+    assert [resolved(volume) for volume in replica["volumes"]] == ["./models-data:/models"]
+
+
+def test_replicas_have_their_own_host_ports() -> None:
+    ports = [resolved(port) for name in POSTGRES_REPLICAS for port in service(name)["ports"]]
+    published = {port.split(":")[0] for port in ports}
+
+    assert ports == ["8010:8000", "8011:8000"]
+    assert not published & {"8000", "8001"}
+
+
+def test_the_password_reaches_database_and_replicas_alike() -> None:
+    result = run_compose("--profile", "postgres", "config", FACEREC_POSTGRES_PASSWORD="s3cret-pw")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "s3cret-pw"
+    for name in POSTGRES_REPLICAS:
+        url = urlsplit(services[name]["environment"]["FACEREC_DATABASE_URL"])
+        assert url.password == "s3cret-pw"

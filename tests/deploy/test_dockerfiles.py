@@ -131,7 +131,8 @@ def test_image_pip_installs_the_project_with_its_own_extra_only(
         if "pip install" in command
     ]
 
-    assert installs == [[f".[{flavour}]"]], installs
+    # Its onnxruntime flavour, and the PostgreSQL driver (an image serves both backends).
+    assert installs == [[f".[{flavour},postgres]"]], installs
     # No onnxruntime of either build installed by name beside the extra.
     every_run = " ".join(run.arguments for run in of(instructions, "RUN"))
     assert not re.search(r"\bonnxruntime(-gpu)?\b", every_run)

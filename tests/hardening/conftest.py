@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.auth.store import KEYS_FILENAME, KeyStore
+from app.auth.store import KEYS_FILENAME, SqliteKeyStore
 from app.config import Settings
 
 SettingsFactory = Callable[..., Settings]
@@ -31,7 +31,7 @@ def admin_token() -> Callable[[Path], str]:
 
     def seed(data_dir: Path) -> str:
         data_dir.mkdir(parents=True, exist_ok=True)
-        store = KeyStore(data_dir / KEYS_FILENAME)
+        store = SqliteKeyStore(data_dir / KEYS_FILENAME)
         try:
             return store.create(name="test-admin", collections=(), admin=True).token
         finally:

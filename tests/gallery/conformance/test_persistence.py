@@ -1,10 +1,9 @@
-"""What survives a close, a crash, or a change of model."""
+"""What survives a close, a crash, or a change of model (every backend)."""
 
 from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -13,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from app.core.gallery import Gallery
 from app.core.types import FloatArray, NewFace
 from app.errors import GalleryModelMismatch, GalleryUnavailable
-from app.gallery.embedded import EmbeddedGallery as Gallery
-from app.gallery.embedded.schema import DB_FILENAME, SCHEMA_VERSION
+from tests.gallery.conformance.conftest import Backend
 
 UnitVectors = Callable[[int], FloatArray]
 MakeFace = Callable[..., NewFace]
 OpenGallery = Callable[..., Gallery]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def fill(gallery: Gallery, make_face: MakeFace) -> None:
@@ -73,7 +72,7 @@ def test_reopening_restores_subjects_and_faces(
 
 
 def test_reopening_with_another_model_raises_model_mismatch(
-    open_gallery: OpenGallery, make_face: MakeFace
+    open_gallery: OpenGallery, backend: Backend, make_face: MakeFace
 ) -> None:
     gallery = open_gallery(model_id="arcface-r100")
     gallery.add_faces("c", "alice", [make_face()])
@@ -86,7 +85,7 @@ def test_reopening_with_another_model_raises_model_mismatch(
     assert "'arcface-r100'" in message  # what the gallery holds
     assert "'mobilefacenet'" in message  # what is loaded
     assert "re-enroll" in message
-    assert "FACEREC_DATA_DIR" in message
+    assert backend.location_setting in message
     assert raised.value.code == "gallery_model_mismatch"
 
 
@@ -104,46 +103,13 @@ def test_a_mismatched_open_leaves_the_gallery_usable(open_gallery: OpenGallery) 
 
 
 def test_a_gallery_from_a_newer_schema_is_refused(
-    open_gallery: OpenGallery, gallery_dir: Path
+    open_gallery: OpenGallery, backend: Backend
 ) -> None:
     open_gallery().close()
-    with sqlite3.connect(gallery_dir / DB_FILENAME) as db:
-        db.execute(
-            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),)
-        )
+    backend.make_schema_newer()
 
     with pytest.raises(GalleryUnavailable, match="newer facerec"):
         open_gallery()
-
-
-def test_a_foreign_sqlite_file_is_refused(open_gallery: OpenGallery, gallery_dir: Path) -> None:
-    gallery_dir.mkdir()
-    with sqlite3.connect(gallery_dir / DB_FILENAME) as db:
-        db.execute("CREATE TABLE invoices (id INTEGER)")
-
-    with pytest.raises(GalleryUnavailable, match="not a facerec gallery"):
-        open_gallery()
-
-
-def test_a_directory_is_opened_by_one_gallery_at_a_time(open_gallery: OpenGallery) -> None:
-    first = open_gallery()
-    with pytest.raises(GalleryUnavailable, match="already open"):
-        open_gallery()
-    first.close()
-    open_gallery()
-
-
-def test_the_database_is_durable_and_versioned(
-    open_gallery: OpenGallery, gallery_dir: Path
-) -> None:
-    open_gallery().close()
-    with sqlite3.connect(gallery_dir / DB_FILENAME) as db:
-        journal_mode = db.execute("PRAGMA journal_mode").fetchone()[0]
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-    assert journal_mode == "wal"
-    assert meta["schema_version"] == str(SCHEMA_VERSION)
-    assert meta["dim"] == "32"
-    assert set(meta) == {"schema_version", "model_id", "dim", "created_at"}
 
 
 def test_a_closed_gallery_refuses_calls(open_gallery: OpenGallery, make_face: MakeFace) -> None:
@@ -166,9 +132,14 @@ CHILD = textwrap.dedent(
     import numpy as np
 
     from app.core.types import NewFace
-    from app.gallery.embedded import EmbeddedGallery as Gallery
+    from app.gallery import open_gallery
 
-    gallery = Gallery(Path(sys.argv[1]), model_id="test-recognizer-v1", dim=32)
+    gallery = open_gallery(
+        data_dir=Path(sys.argv[1]),
+        database_url=sys.argv[2] or None,
+        model_id="test-recognizer-v1",
+        dim=32,
+    )
     rng = np.random.default_rng(7)
     for number in range(100_000):
         vectors = rng.standard_normal((2, 32)).astype(np.float32)
@@ -184,9 +155,9 @@ CHILD = textwrap.dedent(
 ACKS_BEFORE_KILL = 30
 
 
-def test_acknowledged_faces_survive_sigkill(open_gallery: OpenGallery, gallery_dir: Path) -> None:
+def test_acknowledged_faces_survive_sigkill(open_gallery: OpenGallery, backend: Backend) -> None:
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(gallery_dir)],
+        [sys.executable, "-c", CHILD, str(backend.data_dir), backend.database_url or ""],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,
