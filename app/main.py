@@ -13,12 +13,14 @@ import faiss
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from app import __version__
 from app.api import gallery as gallery_routes
 from app.api import health as health_routes
 from app.api import keys as key_routes
 from app.api import metrics as metrics_routes
 from app.api import recognition as recognition_routes
 from app.api import stream as stream_routes
+from app.api.docs import install_docs
 from app.api.handlers import install_error_handlers
 from app.api.limits import AdmissionGate, AdmissionMiddleware, BodySizeLimitMiddleware
 from app.auth.bootstrap import open_guard
@@ -196,7 +198,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     app = FastAPI(
         title="facerec",
-        version="0.1.0",
+        version=__version__,
+        docs_url=None,  # served offline by install_docs
+        redoc_url=None,
         description=(
             "Face detection (SCRFD), alignment and ArcFace recognition with a durable "
             "FAISS gallery. Images are multipart uploads (JPEG, PNG, WebP, BMP)."
@@ -204,6 +208,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_docs(app)
 
     # The middleware is built before the lifespan runs: it reads the runtime per request.
     def admission() -> AdmissionGate | None:

@@ -272,8 +272,8 @@ def test_models_verify_reports_good_missing_and_corrupt_files(
     (models_dir / "tiny" / "det.onnx").write_bytes(b"corrupted")
     corrupt = run_cli("models", "verify", *where)
 
-    assert missing.returncode == 0, missing.stderr
     assert "missing   tiny_det  tiny/det.onnx" in missing.stdout
+    assert_one_line_error(missing, "no model file to verify")
     assert good.returncode == 0, good.stderr
     assert f"ok        tiny_det  {models_dir / 'tiny' / 'det.onnx'}" in good.stdout
     assert f"sha256 {sha256(DETECTOR_BYTES)}" in good.stdout
@@ -282,11 +282,13 @@ def test_models_verify_reports_good_missing_and_corrupt_files(
     assert_one_line_error(corrupt, "1 model file(s) do not match")
 
 
-def test_models_verify_with_no_files_present_succeeds(tmp_path: Path) -> None:
+def test_models_verify_with_no_files_present_fails_and_says_how_to_get_some(
+    tmp_path: Path,
+) -> None:
     result = run_cli("models", "verify", env={"FACEREC_MODELS_DIR": str(tmp_path)})
 
-    assert result.returncode == 0, result.stderr
     assert f"0 verified, {len(SHIPPED_NAMES)} missing, 0 failed" in result.stdout
+    assert_one_line_error(result, "facerec models fetch buffalo_s")
 
 
 def test_invalid_configuration_is_a_one_line_error(tmp_path: Path) -> None:

@@ -175,18 +175,22 @@ class FaceService:
         ]
         return identified, limit
 
-    def _largest_face(self, data: bytes) -> EmbeddedFace:
-        image = self.decode(data)
+    def _largest_face(self, data: bytes, field: str) -> EmbeddedFace:
+        """The largest face of the photo sent as ``field``; errors name that field."""
+        try:
+            image = self.decode(data)
+        except FaceRecError as error:
+            raise _naming_field(error, field) from None
         detections = self.pipeline.detect(image.pixels)
         if not detections:
-            raise NoFaceDetected("no face found in the image")
+            raise NoFaceDetected(f"no face found in {field}", field=field)
         (face,) = self.pipeline.embed(image.pixels, [max(detections, key=lambda d: d.area)])
         return face
 
     def verify_images(self, data_a: bytes, data_b: bytes, threshold: float | None) -> Verification:
         """Similarity of the largest face of each photo."""
         limit = self.threshold if threshold is None else threshold
-        first, second = self._largest_face(data_a), self._largest_face(data_b)
+        first, second = self._largest_face(data_a, "image_a"), self._largest_face(data_b, "image_b")
         similarity = float(np.dot(first.embedding, second.embedding))
         return Verification(similarity=similarity, threshold=limit, match=similarity >= limit)
 
@@ -196,8 +200,13 @@ class FaceService:
         """Similarity of the photo's largest face to the subject's closest enrolled face."""
         limit = self.threshold if threshold is None else threshold
         self.gallery.get_subject(collection, subject)  # 404 before spending inference
-        face = self._largest_face(data)
+        face = self._largest_face(data, "image")
         hit = self.gallery.best_match_for_subject(collection, subject, face.embedding)
         return Verification(
             similarity=hit.similarity, threshold=limit, match=hit.similarity >= limit
         )
+
+
+def _naming_field(error: FaceRecError, field: str) -> FaceRecError:
+    """The same error, its message prefixed with the request field it concerns."""
+    return type(error)(f"{field}: {error.message}", **{**error.details, "field": field})

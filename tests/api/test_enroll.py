@@ -254,7 +254,7 @@ def test_each_unusable_image_is_listed_with_its_own_code(
     assert len(body["faces"]) == 1
     assert [(r["image"], r["code"]) for r in body["rejected"]] == [
         ("grey.png", "no_face"),
-        ("junk.jpg", "undecodable_image"),
+        ("junk.jpg", "unsupported_media_type"),
     ]
 
 

@@ -131,10 +131,10 @@ def face_as(image_format: str, mode: str = "RGB", **options: object) -> Callable
 # --- the table ------------------------------------------------------------------------------
 
 CASES: dict[str, Hostile] = {
-    # not images at all: 400 undecodable_image
+    # empty, truncated or damaged images: 400 undecodable_image
     "empty-file": Hostile(identify_with(lambda i: b""), 400, "undecodable_image"),
     "random-bytes": Hostile(
-        identify_with(lambda i: bytes(range(256)) * 40), 400, "undecodable_image"
+        identify_with(lambda i: bytes(range(256)) * 40), 415, "unsupported_media_type"
     ),
     "truncated-jpeg": Hostile(
         identify_with(lambda i: i.face_jpeg[: len(i.face_jpeg) // 2]), 400, "undecodable_image"
@@ -149,17 +149,20 @@ CASES: dict[str, Hostile] = {
     "png-bad-crc": Hostile(
         identify_with(lambda i: img.bad_crc_png(i.face)), 400, "undecodable_image"
     ),
+    # not images at all (documents, markup): 415 unsupported_media_type
     "html-named-jpg": Hostile(
         identify_with(lambda i: b"<html><body>hi</body></html>", "face.jpg"),
-        400,
-        "undecodable_image",
+        415,
+        "unsupported_media_type",
     ),
     "svg": Hostile(
         identify_with(lambda i: b'<svg xmlns="http://www.w3.org/2000/svg" width="9999999"/>'),
-        400,
-        "undecodable_image",
+        415,
+        "unsupported_media_type",
     ),
-    "pdf": Hostile(identify_with(lambda i: b"%PDF-1.4\n%\xe2\xe3\n1 0 obj\n"), 400),
+    "pdf": Hostile(
+        identify_with(lambda i: b"%PDF-1.4\n%\xe2\xe3\n1 0 obj\n"), 415, "unsupported_media_type"
+    ),
     "png-text-chunk-bomb": Hostile(
         identify_with(lambda i: img.text_bomb_png(i.face)), 400, "undecodable_image"
     ),
