@@ -90,6 +90,14 @@ class Settings(BaseSettings):
         5, ge=0, description="processed frames a face may go undetected and keep its track"
     )
 
+    # --- enrollment quality (app/core/quality.py) ----------------------------------------
+    min_quality: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="enroll: face quality score needed (size, sharpness, pose, confidence)",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _split_providers(cls, values: dict[str, object]) -> dict[str, object]:

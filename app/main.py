@@ -23,6 +23,7 @@ from app.api import stream as stream_routes
 from app.api.docs import install_docs
 from app.api.handlers import install_error_handlers
 from app.api.limits import AdmissionGate, AdmissionMiddleware, BodySizeLimitMiddleware
+from app.api.openapi import install_openapi
 from app.auth.bootstrap import open_guard
 from app.auth.guard import Guard
 from app.config import Settings
@@ -124,7 +125,9 @@ def build_runtime(settings: Settings) -> Runtime:
         ),
         threshold=threshold,
         gate=QualityGate(
-            min_face_size=settings.min_face_size, min_det_score=settings.min_det_score
+            min_face_size=settings.min_face_size,
+            min_det_score=settings.min_det_score,
+            min_quality=settings.min_quality,
         ),
         store_aligned_crops=settings.store_aligned_crops,
     )
@@ -209,6 +212,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     )
     install_error_handlers(app)
     install_docs(app)
+    install_openapi(app)
 
     # The middleware is built before the lifespan runs: it reads the runtime per request.
     def admission() -> AdmissionGate | None:

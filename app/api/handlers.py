@@ -34,6 +34,11 @@ STATUS_BY_ERROR: dict[type[errors.FaceRecError], int] = {
     errors.KeyNotFound: 404,
     errors.LastAdminKey: 409,
     errors.AuthDisabled: 409,
+    # requests, enrollment and face crops
+    errors.MalformedRequest: 400,
+    errors.LowQuality: 422,
+    errors.MatchesOtherSubject: 409,
+    errors.CropNotFound: 404,
 }
 # Domain errors that are a client's answer even though their status is 5xx.
 CLIENT_VISIBLE_5XX: tuple[type[errors.FaceRecError], ...] = (errors.ServerBusy,)

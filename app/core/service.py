@@ -13,11 +13,14 @@ from PIL import Image
 from app.core.gallery import Gallery
 from app.core.matching import assign_subjects
 from app.core.pipeline import FacePipeline
+from app.core.quality import DEFAULT_MIN_QUALITY, FaceQuality, assess_face
 from app.core.types import DecodedImage, Detection, EmbeddedFace, FaceRecord, NewFace, SearchHit
 from app.errors import (
     FaceRecError,
     FaceTooSmall,
     LowDetectionScore,
+    LowQuality,
+    MatchesOtherSubject,
     MultipleFaces,
     NoFaceDetected,
 )
@@ -32,6 +35,37 @@ class QualityGate:
 
     min_face_size: int
     min_det_score: float
+    min_quality: float = DEFAULT_MIN_QUALITY
+
+
+# Enrollment looks at this many nearest subjects to find one other than the enrolled one.
+DUPLICATE_SEARCH_TOP_K = 2
+MATCHES_OTHER_SUBJECT = "matches_other_subject"
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysedFace:
+    """A face found in a photo: its detection, embedding and crop, and its quality."""
+
+    face: EmbeddedFace
+    quality: FaceQuality
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolledFace:
+    record: FaceRecord
+    created: bool  # False: this photo was already enrolled for the subject
+    quality: FaceQuality
+
+
+@dataclass(frozen=True, slots=True)
+class OtherSubjectMatch:
+    """An enrolled photo whose face already matches another subject above the threshold."""
+
+    image: str
+    subject: str
+    similarity: float
+    face_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +77,15 @@ class Rejection:
 @dataclass(frozen=True, slots=True)
 class EnrollResult:
     subject: str
-    faces: list[tuple[FaceRecord, bool]]  # record, created (False: already enrolled)
+    faces: list[EnrolledFace]
     rejected: list[Rejection]
+    matches_other_subjects: list[OtherSubjectMatch]  # warnings (refused when strict)
 
 
 @dataclass(frozen=True, slots=True)
 class IdentifiedFace:
     face: EmbeddedFace
+    quality: FaceQuality
     candidates: list[SearchHit]
     match: SearchHit | None
 
@@ -88,6 +124,18 @@ def select_enrollment_face(
     return face
 
 
+def require_quality(quality: FaceQuality, gate: QualityGate) -> None:
+    """Raise ``LowQuality`` (with the score and its reasons) under the gate's minimum."""
+    if quality.score < gate.min_quality:
+        reasons = ", ".join(quality.reasons) or "several small shortcomings"
+        raise LowQuality(
+            f"face quality {quality.score:.2f} is below {gate.min_quality:.2f} ({reasons})",
+            quality=quality.score,
+            min_quality=gate.min_quality,
+            reasons=list(quality.reasons),
+        )
+
+
 def encode_png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
@@ -112,8 +160,11 @@ class FaceService:
         self.gate = gate
         self.store_aligned_crops = store_aligned_crops
 
-    def embed(self, data: bytes) -> list[EmbeddedFace]:
-        return self.pipeline.analyze(self.decode(data).pixels)
+    def embed(self, data: bytes) -> list[AnalysedFace]:
+        return [
+            AnalysedFace(face=face, quality=assess_face(face.detection, face.aligned))
+            for face in self.pipeline.analyze(self.decode(data).pixels)
+        ]
 
     def enroll(
         self,
@@ -121,30 +172,25 @@ class FaceService:
         subject: str,
         images: Sequence[tuple[str, bytes]],
         policy: FacePolicy,
+        *,
+        strict: bool = False,
     ) -> EnrollResult:
         """Enroll one face per image; bad images are rejected individually with a reason.
 
-        Raises the first rejection's error when no image could be enrolled.
+        Raises the first rejection's error when no image could be enrolled. A face that
+        already matches another subject at or above the threshold is reported in
+        ``matches_other_subjects``; with ``strict`` nothing is enrolled then
+        (``MatchesOtherSubject``).
         """
-        accepted: list[NewFace] = []
+        accepted: list[tuple[str, NewFace, FaceQuality]] = []
         rejected: list[Rejection] = []
         for name, data in images:
             try:
-                image = self.decode(data)
-                face = select_enrollment_face(self.pipeline.detect(image.pixels), policy, self.gate)
-                (embedded,) = self.pipeline.embed(image.pixels, [face])
+                new_face, quality = self._enrollment_face(data, policy)
             except FaceRecError as error:
                 rejected.append(Rejection(image=name, error=error))
                 continue
-            accepted.append(
-                NewFace(
-                    image_sha256=image.sha256,
-                    bbox=face.bbox,
-                    det_score=face.score,
-                    embedding=embedded.embedding,
-                    aligned_png=encode_png(embedded.aligned) if self.store_aligned_crops else None,
-                )
-            )
+            accepted.append((name, new_face, quality))
         if not accepted:
             first = rejected[0].error
             first.details.setdefault(
@@ -155,8 +201,62 @@ class FaceService:
                 ],
             )
             raise first
-        faces = self.gallery.add_faces(collection, subject, accepted)
-        return EnrollResult(subject=subject, faces=faces, rejected=rejected)
+        others = self._matches_of_other_subjects(collection, subject, accepted)
+        if strict and others:
+            raise MatchesOtherSubject(
+                f"{others[0].image} matches {others[0].subject!r} "
+                f"(similarity {others[0].similarity:.3f}, threshold {self.threshold:.3f}); "
+                "nothing was enrolled",
+                threshold=self.threshold,
+                matches=[
+                    {"image": m.image, "subject": m.subject, "similarity": m.similarity}
+                    for m in others
+                ],
+            )
+        stored = self.gallery.add_faces(collection, subject, [face for _, face, _ in accepted])
+        faces = [
+            EnrolledFace(record=record, created=created, quality=quality)
+            for (record, created), (_, _, quality) in zip(stored, accepted, strict=True)
+        ]
+        return EnrollResult(
+            subject=subject, faces=faces, rejected=rejected, matches_other_subjects=others
+        )
+
+    def _enrollment_face(self, data: bytes, policy: FacePolicy) -> tuple[NewFace, FaceQuality]:
+        image = self.decode(data)
+        face = select_enrollment_face(self.pipeline.detect(image.pixels), policy, self.gate)
+        (embedded,) = self.pipeline.embed(image.pixels, [face])
+        quality = assess_face(face, embedded.aligned)
+        require_quality(quality, self.gate)
+        new_face = NewFace(
+            image_sha256=image.sha256,
+            bbox=face.bbox,
+            det_score=face.score,
+            embedding=embedded.embedding,
+            aligned_png=encode_png(embedded.aligned) if self.store_aligned_crops else None,
+        )
+        return new_face, quality
+
+    def _matches_of_other_subjects(
+        self, collection: str, subject: str, faces: Sequence[tuple[str, NewFace, FaceQuality]]
+    ) -> list[OtherSubjectMatch]:
+        """For each new face, the most similar other subject when it is at the threshold."""
+        queries = np.stack([face.embedding for _, face, _ in faces])
+        found = []
+        for (name, _, _), hits in zip(
+            faces, self.gallery.search(collection, queries, DUPLICATE_SEARCH_TOP_K), strict=True
+        ):
+            other = next((hit for hit in hits if hit.subject != subject), None)
+            if other is not None and other.similarity >= self.threshold:
+                found.append(
+                    OtherSubjectMatch(
+                        image=name,
+                        subject=other.subject,
+                        similarity=other.similarity,
+                        face_id=other.face_id,
+                    )
+                )
+        return found
 
     def identify(
         self, collection: str, data: bytes, *, top_k: int, threshold: float | None
@@ -166,12 +266,14 @@ class FaceService:
         faces = self.embed(data)
         if not faces:
             return [], limit
-        queries = np.stack([face.embedding for face in faces])
+        queries = np.stack([analysed.face.embedding for analysed in faces])
         candidates = self.gallery.search(collection, queries, top_k)
         matches = assign_subjects(candidates, limit)
         identified = [
-            IdentifiedFace(face=face, candidates=hits, match=match)
-            for face, hits, match in zip(faces, candidates, matches, strict=True)
+            IdentifiedFace(
+                face=analysed.face, quality=analysed.quality, candidates=hits, match=match
+            )
+            for analysed, hits, match in zip(faces, candidates, matches, strict=True)
         ]
         return identified, limit
 
