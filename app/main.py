@@ -235,6 +235,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.include_router(recognition_routes.router)
     app.include_router(gallery_routes.router)
+    app.include_router(gallery_routes.collections_router)
     app.include_router(health_routes.router)
     app.include_router(key_routes.router)
     app.include_router(metrics_routes.router)

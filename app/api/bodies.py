@@ -29,6 +29,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from app.errors import ImageTooLarge, InvalidRequest, MalformedRequest, UnsupportedImageType
 
@@ -81,6 +82,16 @@ async def read_body(
     request: Request, fields: ImageFields, *, max_image_bytes: int, max_images: int
 ) -> ParsedBody:
     """The request's images and fields, from a multipart form or a JSON object."""
+    try:
+        return await _read(request, fields, max_image_bytes, max_images)
+    except ClientDisconnect:
+        # Nobody is left to answer; end the request quietly instead of logging a 500.
+        raise MalformedRequest("the client left before sending the whole body") from None
+
+
+async def _read(
+    request: Request, fields: ImageFields, max_image_bytes: int, max_images: int
+) -> ParsedBody:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type in (MULTIPART, URLENCODED):
         return await _read_form(request, fields, max_image_bytes, max_images)

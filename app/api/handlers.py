@@ -103,6 +103,12 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    if any(error.get("type") == "json_invalid" for error in exc.errors()):
+        # A body that is not JSON at all is a framing error, as for broken multipart.
+        note_error_code(request, "malformed_request")
+        return JSONResponse(
+            error_body("malformed_request", "the body is not valid JSON"), status_code=400
+        )
     note_error_code(request, "invalid_request")
     problems = [
         {"field": ".".join(str(part) for part in error["loc"]), "problem": error["msg"]}
