@@ -18,6 +18,7 @@ from app.api import gallery as gallery_routes
 from app.api import health as health_routes
 from app.api import keys as key_routes
 from app.api import metrics as metrics_routes
+from app.api import pages as page_routes
 from app.api import recognition as recognition_routes
 from app.api import stream as stream_routes
 from app.api.docs import install_docs
@@ -206,7 +207,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         redoc_url=None,
         description=(
             "Face detection (SCRFD), alignment and ArcFace recognition with a durable "
-            "FAISS gallery. Images are multipart uploads (JPEG, PNG, WebP, BMP)."
+            "FAISS gallery. Images are multipart uploads or base64 in JSON (JPEG, PNG, WebP, "
+            "BMP). Send the API key in X-API-Key (Authorize, above)."
         ),
         lifespan=lifespan,
     )
@@ -240,5 +242,6 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(key_routes.router)
     app.include_router(metrics_routes.router)
     app.include_router(stream_routes.router)
+    app.include_router(page_routes.router)
     app.mount("/static", StaticFiles(directory=stream_routes.STATIC_DIR), name="static")
     return app
