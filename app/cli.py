@@ -160,7 +160,28 @@ def _fetch(args: argparse.Namespace) -> int:
     for installed in result.files:
         print(f"  {installed.path}  sha256 {installed.sha256}")
     print(f"licence: {pack.licence}")
+    if selection := _serve_hint(pack, models_dir, catalog_dir):
+        print(f"serve them: {selection} facerec serve")
     return EXIT_OK
+
+
+def _serve_hint(pack: ModelPack, models_dir: Path, catalog_dir: Path | None) -> str:
+    """The FACEREC_* settings that serve a pack's detector and recognizer, when it has both."""
+    chosen: dict[str, str] = {}
+    for member in pack.members:
+        if member.manifest is None:
+            continue
+        try:
+            manifest, _ = resolve_manifest(member.manifest, catalog_dir)
+        except FaceRecError:  # a pack file from elsewhere, naming manifests not in the catalog
+            return ""
+        chosen.setdefault(manifest.kind, member.manifest)
+    if not {"detector", "recognizer"} <= set(chosen):
+        return ""
+    return (
+        f"FACEREC_MODELS_DIR={models_dir} FACEREC_DETECTOR={chosen['detector']} "
+        f"FACEREC_RECOGNIZER={chosen['recognizer']}"
+    )
 
 
 def _verify(args: argparse.Namespace) -> int:
