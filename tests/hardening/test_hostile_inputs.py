@@ -285,13 +285,14 @@ CASES: dict[str, Hostile] = {
         422,
         "invalid_request",
     ),
+    # JSON bodies carry base64 images: "aGVsbG8=" is the word "hello", not an image
     "json-body": Hostile(
-        raw_body(b'{"image": "aGVsbG8="}', "application/json"), 422, "invalid_request"
+        raw_body(b'{"image": "aGVsbG8="}', "application/json"), 415, "unsupported_media_type"
     ),
     "urlencoded-body": Hostile(
         raw_body(b"image=hello", "application/x-www-form-urlencoded"), 422, "invalid_request"
     ),
-    "text-body": Hostile(raw_body(b"hello", "text/plain"), 422, "invalid_request"),
+    "text-body": Hostile(raw_body(b"hello", "text/plain"), 415, "unsupported_media_type"),
     "no-body": Hostile(
         raw("POST", "/identify", params={"collection": COLLECTION}), 422, "invalid_request"
     ),
@@ -401,16 +402,16 @@ CASES: dict[str, Hostile] = {
             **raw_body(b'{"name": ', "application/json", "/keys")(i),
             "headers": {"Content-Type": "application/json", "X-API-Key": i.admin},
         },
-        422,
-        "invalid_request",
+        400,
+        "malformed_request",
     ),
     "keys-binary-body": Hostile(
         lambda i: {
             **raw_body(b"\xff\xfe\x00\x81", "application/json", "/keys")(i),
             "headers": {"Content-Type": "application/json", "X-API-Key": i.admin},
         },
-        422,
-        "invalid_request",
+        400,
+        "malformed_request",
     ),
     "keys-path-like-collection": Hostile(
         lambda i: {
