@@ -9,6 +9,7 @@ arrives is dropped and listed in the next answer). The API key travels in the
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode
@@ -50,12 +51,17 @@ def stream_url(base_url: str, collection: str) -> str:
 class LiveStream:
     """One open stream (blocking). ``with client.stream() as live:`` closes it at the end."""
 
-    def __init__(self, connection: ClientConnection) -> None:
+    def __init__(self, connection: ClientConnection, resources: ExitStack) -> None:
         self._connection = connection
+        self._resources = resources
 
     @classmethod
     def connect(cls, url: str, headers: dict[str, str], *, max_size: int) -> LiveStream:
-        return cls(connect(url, additional_headers=headers, max_size=max_size))
+        resources = ExitStack()
+        connection = resources.enter_context(
+            connect(url, additional_headers=headers, max_size=max_size)
+        )
+        return cls(connection, resources)
 
     def send(self, frame: bytes) -> None:
         self._connection.send(frame)
@@ -66,7 +72,7 @@ class LiveStream:
         return StreamAnswer.model_validate_json(self._connection.recv(timeout=timeout))
 
     def close(self) -> None:
-        self._connection.close()
+        self._resources.close()
 
     def __enter__(self) -> LiveStream:
         return self
