@@ -23,8 +23,10 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
+import anyio
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
@@ -96,7 +98,11 @@ async def _read(
     if media_type in (MULTIPART, URLENCODED):
         return await _read_form(request, fields, max_image_bytes, max_images)
     if media_type == JSON or media_type.endswith("+json"):
-        return _read_json(await request.body(), fields, max_image_bytes, max_images)
+        raw = await request.body()
+        # Parsing and base64-decoding megabytes is CPU work: keep it off the event loop.
+        return await anyio.to_thread.run_sync(
+            partial(_read_json, raw, fields, max_image_bytes, max_images)
+        )
     if not media_type and not await request.body():
         return ParsedBody(images={}, values={})  # nothing sent: the fields say what is missing
     raise UnsupportedImageType(
