@@ -92,7 +92,7 @@ class Settings(BaseSettings):
 
     # --- enrollment quality (app/core/quality.py) ----------------------------------------
     min_quality: float = Field(
-        0.1,
+        0.03,
         ge=0,
         le=1,
         description="enroll: face quality score needed (size, sharpness, pose, confidence)",

@@ -41,7 +41,7 @@ from bench.common import (
     write_json,
 )
 
-THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+THRESHOLDS = (0.0, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 # The service's enrollment gates before quality existed (FACEREC_MIN_FACE_SIZE / _DET_SCORE).
 LEGACY_GATE = QualityGate(min_face_size=32, min_det_score=0.6)
 

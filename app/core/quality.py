@@ -47,8 +47,9 @@ class Ramp:
 
 
 # The levels below were set on the shared photos with ``python -m bench.quality``:
-# LFW, CelebA and CFP frontal faces (that the size and detector-score gates accept)
-# all score >= 0.1, while most Gaussian-blurred (sigma 2 px) LFW faces score below it.
+# every LFW, CelebA and CFP frontal face that the size and detector-score gates accept
+# scores >= 0.03 (LFW's blurriest, upscaled originals score 0.032), while nearly every
+# LFW face blurred by a Gaussian of sigma 3 px scores below it.
 #
 # Shorter box side, px: ArcFace's input is 112 px; faces under ~24 px carry little identity.
 SIZE = Ramp(bad=16.0, good=64.0, ok=40.0)
@@ -64,7 +65,7 @@ PITCH = Ramp(bad=75.0, good=35.0, ok=45.0)
 # SCRFD confidence: true faces are mostly above 0.75; its own output threshold is 0.5.
 DET_SCORE = Ramp(bad=0.5, good=0.75, ok=0.6)
 # The score an enrollment needs by default (FACEREC_MIN_QUALITY).
-DEFAULT_MIN_QUALITY = 0.1
+DEFAULT_MIN_QUALITY = 0.03
 
 # Rows and columns of the aligned 112x112 crop holding the inner face in the ArcFace
 # template (eyes at y ~ 52, mouth corners at y ~ 92): sharpness ignores hair and background.
