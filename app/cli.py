@@ -2,12 +2,14 @@
 
 A composition root: it reads the environment (through ``Settings``, plus
 ``FACEREC_MODELS_URL_BASE`` for mirrors) and hands plain values to the library.
-Exit codes: 0 success, 1 a domain error (one line on stderr), 2 a usage error.
+Exit codes: 0 success, 1 a domain error (one line on stderr), 2 a usage error or a
+missing extra (``pip install 'facerec[cpu]'``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+import app
 from app.auth.keystore import KeyStore
 from app.auth.store import KEYS_FILENAME, SqliteKeyStore
 from app.config import Settings
@@ -34,6 +37,7 @@ from app.observability.logging import configure_logging
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 # 128 + SIGINT, what a shell reports for Ctrl-C.
 EXIT_INTERRUPTED = 130
 URL_BASE_ENV = "FACEREC_MODELS_URL_BASE"
@@ -44,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         status: int = args.handler(args)
+    except MissingExtra as exc:
+        return _fail(str(exc), status=EXIT_USAGE)
     except FaceRecError as exc:
         return _fail(f"[{exc.code}] {exc.message}")
     except ValidationError as exc:
@@ -57,11 +63,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="facerec", description="Face recognition service: serve the API, manage models."
+        prog="facerec",
+        description="Face recognition service: serve the API, manage models.",
+        epilog=f"models directory: {_MODELS_DIR_HELP}",
     )
+    parser.add_argument("--version", action="version", version=f"facerec {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the HTTP API (one uvicorn worker)")
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP API (one uvicorn worker)",
+        description="Run the HTTP API. Configured by FACEREC_* environment variables; "
+        f"models are read from {_MODELS_DIR_HELP}.",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", choices=_LOG_LEVELS, help="default: FACEREC_LOG_LEVEL")
@@ -87,9 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing_keys.set_defaults(handler=_list_keys)
 
     where = argparse.ArgumentParser(add_help=False)
-    where.add_argument(
-        "--dir", type=Path, help="models directory (default: FACEREC_MODELS_DIR or models-data)"
-    )
+    where.add_argument("--dir", type=Path, help=f"models directory (default: {_MODELS_DIR_HELP})")
     where.add_argument(
         "--catalog", type=Path, help="catalog directory (default: FACEREC_CATALOG_DIR or models/)"
     )
@@ -114,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from app.main import build_runtime, create_app
-    from app.serving import listen, serve
+    with extras_required():
+        from app.main import build_runtime, create_app
+        from app.serving import listen, serve
 
     settings = Settings()
     log_level = args.log_level or settings.log_level.lower()
@@ -126,7 +139,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         # Load models and open the gallery before the server starts, so that a bad
         # configuration ends here with one line on stderr and exit status 1.
-        runtime = build_runtime(settings)
+        with extras_required():
+            runtime = build_runtime(settings)
         serve(
             create_app(settings, runtime=runtime),
             sock,
@@ -221,7 +235,28 @@ def _fetch(args: argparse.Namespace) -> int:
     for installed in result.files:
         print(f"  {installed.path}  sha256 {installed.sha256}")
     print(f"licence: {pack.licence}")
+    if selection := _serve_hint(pack, models_dir, catalog_dir):
+        print(f"serve them: {selection} facerec serve")
     return EXIT_OK
+
+
+def _serve_hint(pack: ModelPack, models_dir: Path, catalog_dir: Path | None) -> str:
+    """The FACEREC_* settings that serve a pack's detector and recognizer, when it has both."""
+    chosen: dict[str, str] = {}
+    for member in pack.members:
+        if member.manifest is None:
+            continue
+        try:
+            manifest, _ = resolve_manifest(member.manifest, catalog_dir)
+        except FaceRecError:  # a pack file from elsewhere, naming manifests not in the catalog
+            return ""
+        chosen.setdefault(manifest.kind, member.manifest)
+    if not {"detector", "recognizer"} <= set(chosen):
+        return ""
+    return (
+        f"FACEREC_MODELS_DIR={models_dir} FACEREC_DETECTOR={chosen['detector']} "
+        f"FACEREC_RECOGNIZER={chosen['recognizer']}"
+    )
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -247,6 +282,11 @@ def _verify(args: argparse.Namespace) -> int:
     print(f"{counts['ok']} verified, {counts['missing']} missing, {counts['failed']} failed")
     if counts["failed"]:
         return _fail(f"{counts['failed']} model file(s) do not match their manifest sha256")
+    if not counts["ok"]:
+        return _fail(
+            f"no model file to verify in {models_dir}: download a pack with "
+            "`facerec models fetch buffalo_s`, or point --dir / FACEREC_MODELS_DIR at your models"
+        )
     return EXIT_OK
 
 
@@ -292,6 +332,45 @@ def _print_table(rows: list[tuple[str, str, str, str]]) -> None:
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         print("  ".join([*cells, row[3]]))
+
+
+# --- versions and extras ------------------------------------------------------------------
+
+# The one default models folder, for `serve`, `models ...` and scripts/serve.sh alike.
+_MODELS_DIR_HELP = f"FACEREC_MODELS_DIR, else ./{Settings.model_fields['models_dir'].default}"
+# Optional modules: the pip extra that installs each, and an alternative worth naming.
+EXTRA_OF_MODULE = {
+    "onnxruntime": ("cpu", " (NVIDIA GPUs: 'facerec[gpu]' instead)"),
+    "openvino": ("openvino", ""),
+}
+
+
+class MissingExtra(Exception):
+    """An optional dependency group (a pip "extra") is not installed."""
+
+
+def package_version() -> str:
+    """The installed distribution's version; the source tree's when it is not installed."""
+    try:
+        return importlib.metadata.version("facerec")
+    except importlib.metadata.PackageNotFoundError:
+        return app.__version__
+
+
+@contextmanager
+def extras_required() -> Iterator[None]:
+    """Turn the import of a missing optional engine into one line naming its extra."""
+    try:
+        yield
+    except ModuleNotFoundError as missing:
+        root = (missing.name or "").partition(".")[0]
+        if root not in EXTRA_OF_MODULE:
+            raise
+        extra, alternative = EXTRA_OF_MODULE[root]
+        raise MissingExtra(
+            f"{root} is not installed: install the {extra} extra: "
+            f"pip install 'facerec[{extra}]'{alternative}"
+        ) from None
 
 
 def _fail(message: str, *, status: int = EXIT_ERROR) -> int:

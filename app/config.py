@@ -157,6 +157,14 @@ class Settings(BaseSettings):
         100, ge=1, le=1000, description="HNSW candidates per search (pgvector hnsw.ef_search)"
     )
 
+    # --- enrollment quality (app/core/quality.py) ----------------------------------------
+    min_quality: float = Field(
+        0.03,
+        ge=0,
+        le=1,
+        description="enroll: face quality score needed (size, sharpness, pose, confidence)",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _split_providers(cls, values: dict[str, object]) -> dict[str, object]:

@@ -212,3 +212,30 @@ class SchemaTooNew(GalleryUnavailable):
     """The database was migrated by a newer facerec than this one; upgrade facerec."""
 
     code = "schema_too_new"
+
+
+# --- requests, enrollment and face crops (issue 14) --------------------------------------
+
+
+class MalformedRequest(FaceRecError):
+    """A body that cannot be parsed at all (broken JSON or multipart framing)."""
+
+    code = "malformed_request"
+
+
+class LowQuality(FaceRecError):
+    """The face is too blurred, turned or uncertain to enroll (``details``: quality, reasons)."""
+
+    code = "low_quality"
+
+
+class MatchesOtherSubject(FaceRecError):
+    """Strict enrollment: a new face already matches another subject above the threshold."""
+
+    code = "matches_other_subject"
+
+
+class CropNotFound(FaceRecError):
+    """The face exists but its aligned crop was not stored (FACEREC_STORE_ALIGNED_CROPS off)."""
+
+    code = "crop_not_found"

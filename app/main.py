@@ -14,13 +14,16 @@ import faiss
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from app import __version__
 from app.api import gallery as gallery_routes
 from app.api import health as health_routes
 from app.api import keys as key_routes
 from app.api import metrics as metrics_routes
+from app.api import pages as page_routes
 from app.api import recognition as recognition_routes
 from app.api import stream as stream_routes
 from app.api.access import AccessMiddleware
+from app.api.docs import install_docs
 from app.api.handlers import install_error_handlers
 from app.api.limits import (
     AdmissionGate,
@@ -29,6 +32,7 @@ from app.api.limits import (
     BodyTimeoutMiddleware,
     FairTurns,
 )
+from app.api.openapi import install_openapi
 from app.auth.bootstrap import open_guard
 from app.auth.dependencies import API_KEY_HEADER
 from app.auth.guard import Guard
@@ -154,7 +158,9 @@ def build_runtime(settings: Settings) -> Runtime:
         ),
         threshold=threshold,
         gate=QualityGate(
-            min_face_size=settings.min_face_size, min_det_score=settings.min_det_score
+            min_face_size=settings.min_face_size,
+            min_det_score=settings.min_det_score,
+            min_quality=settings.min_quality,
         ),
         store_aligned_crops=settings.store_aligned_crops,
         probe=declared_pixels,
@@ -281,14 +287,19 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     app = FastAPI(
         title="facerec",
-        version="0.1.0",
+        version=__version__,
+        docs_url=None,  # served offline by install_docs
+        redoc_url=None,
         description=(
             "Face detection (SCRFD), alignment and ArcFace recognition with a durable "
-            "FAISS gallery. Images are multipart uploads (JPEG, PNG, WebP, BMP)."
+            "FAISS gallery. Images are multipart uploads or base64 in JSON (JPEG, PNG, WebP, "
+            "BMP). Send the API key in X-API-Key (Authorize, above)."
         ),
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_docs(app)
+    install_openapi(app)
 
     # The middleware is built before the lifespan runs: it reads the runtime per request.
     def admission() -> AdmissionGate | None:
@@ -322,9 +333,11 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.include_router(recognition_routes.router)
     app.include_router(gallery_routes.router)
+    app.include_router(gallery_routes.collections_router)
     app.include_router(health_routes.router)
     app.include_router(key_routes.router)
     app.include_router(metrics_routes.router)
     app.include_router(stream_routes.router)
+    app.include_router(page_routes.router)
     app.mount("/static", StaticFiles(directory=stream_routes.STATIC_DIR), name="static")
     return app

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 BBox = tuple[float, float, float, float]
 
@@ -16,12 +16,30 @@ class ErrorResponse(BaseModel):
     details: dict[str, object] | None = None
 
 
+class PoseOut(BaseModel):
+    yaw: float = Field(description="degrees, estimated from the landmarks; 0 = frontal")
+    pitch: float = Field(description="degrees, estimated from the landmarks (rough)")
+    roll: float = Field(description="degrees: the eye line's angle (alignment removes it)")
+
+
+class QualityOut(BaseModel):
+    score: float = Field(ge=0, le=1, description="product of the component scores; 1 = good")
+    size: float = Field(description="shorter side of the face box, pixels")
+    sharpness: float = Field(description="Laplacian variance of the aligned face")
+    pose: PoseOut
+    det_score: float
+    reasons: list[
+        Literal["small_face", "blurry", "head_turned", "head_tilted", "low_detector_score"]
+    ] = Field(description="what lowers the score, machine-readable")
+
+
 class EnrolledFace(BaseModel):
     face_id: str
     image_sha256: str
     bbox: BBox
     det_score: float
     created: bool = Field(description="false when this image was already enrolled (idempotent)")
+    quality: QualityOut
 
 
 class RejectedImage(BaseModel):
@@ -30,11 +48,23 @@ class RejectedImage(BaseModel):
     message: str
 
 
+class EnrollWarning(BaseModel):
+    code: Literal["matches_other_subject"] = Field(
+        description="matches_other_subject: this face already matches another subject at or "
+        "above the threshold (send strict=true to refuse such enrollments with a 409)"
+    )
+    image: str = Field(description="file name (or JSON field) of the photo")
+    subject: str = Field(description="the other subject")
+    similarity: float
+    face_id: str = Field(description="the other subject's closest face")
+
+
 class EnrollResponse(BaseModel):
     collection: str
     subject: str
     faces: list[EnrolledFace]
     rejected: list[RejectedImage]
+    warnings: list[EnrollWarning]
 
 
 class Candidate(BaseModel):
@@ -52,6 +82,7 @@ class DetectedFace(BaseModel):
 
 
 class IdentifiedFaceOut(DetectedFace):
+    quality: QualityOut
     candidates: list[Candidate] = Field(description="best first")
     match: Candidate | None = Field(description="best candidate at or above threshold, else null")
 
@@ -76,6 +107,7 @@ class VerifyResponse(BaseModel):
 
 
 class EmbeddedFaceOut(DetectedFace):
+    quality: QualityOut
     embedding: list[float]
 
 
@@ -176,3 +208,61 @@ class KeyCreated(KeyOut):
 
 class KeyList(BaseModel):
     items: list[KeyOut]
+
+
+# --- request fields of the image endpoints (multipart form fields or JSON values) -----
+# The images themselves are described in app.api.recognition (files or base64 strings).
+
+
+class _Fields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EnrollFields(_Fields):
+    subject: str = Field(description="the person's name or id")
+    face_policy: Literal["single", "largest"] = Field(
+        "single", description="single: reject photos with several faces; largest: use the largest"
+    )
+    strict: bool = Field(False, description="refuse (409) faces that already match another subject")
+    unknown_id: str | None = Field(
+        None,
+        max_length=64,
+        description="instead of images: an unknown face of a live stream (its unknown_id), "
+        "enrolled from the crops the server kept; only the key that opened the stream, in its "
+        "collection",
+    )
+
+
+class IdentifyFields(_Fields):
+    top_k: int | None = Field(None, ge=1, description="candidates per face")
+    threshold: float | None = Field(
+        None, ge=-1, le=1, description="similarity threshold; default from the model"
+    )
+
+
+class VerifyFields(_Fields):
+    subject: str | None = Field(None, description="enrolled subject (with image)")
+    threshold: float | None = Field(
+        None, ge=-1, le=1, description="similarity threshold; default from the model"
+    )
+
+
+class EmbedFields(_Fields):
+    pass
+
+
+# --- collections and crops ----------------------------------------------------------------
+
+
+class CollectionOut(BaseModel):
+    name: str
+    faces: int = Field(description="enrolled faces")
+
+
+class CollectionList(BaseModel):
+    items: list[CollectionOut] = Field(
+        description="the collections this key may use: named in its scope, or holding faces"
+    )
+    all_collections: bool = Field(
+        description="the key may use any collection, including ones not created yet"
+    )

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# Set up (first run) and start the service on http://127.0.0.1:8000 (docs at /docs).
-# Models: FACEREC_MODELS_DIR (default ../shared/models when it exists, else ./models-data;
-# `facerec models fetch buffalo_s` fills it for users with internet).
+# Start the service on http://127.0.0.1:8000 (API docs at /docs, management page at
+# /manage). The first run installs facerec into .venv; later runs start at once, offline.
+# Configuration: FACEREC_* variables (docs/configuration.md). Models are read from
+# FACEREC_MODELS_DIR, else ./models-data, like every facerec command
+# (`.venv/bin/facerec models fetch buffalo_s` fills it). HOST and PORT move the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh "${FACEREC_FLAVOUR:-cpu}"
-if [ -z "${FACEREC_MODELS_DIR:-}" ]; then
-  if [ -d ../shared/models ]; then export FACEREC_MODELS_DIR=../shared/models; else export FACEREC_MODELS_DIR=models-data; fi
-fi
 export FACEREC_DATA_DIR="${FACEREC_DATA_DIR:-data}"
 exec .venv/bin/facerec serve --host "${HOST:-127.0.0.1}" --port "${PORT:-8000}"

@@ -272,8 +272,8 @@ def test_models_verify_reports_good_missing_and_corrupt_files(
     (models_dir / "tiny" / "det.onnx").write_bytes(b"corrupted")
     corrupt = run_cli("models", "verify", *where)
 
-    assert missing.returncode == 0, missing.stderr
     assert "missing   tiny_det  tiny/det.onnx" in missing.stdout
+    assert_one_line_error(missing, "no model file to verify")
     assert good.returncode == 0, good.stderr
     assert f"ok        tiny_det  {models_dir / 'tiny' / 'det.onnx'}" in good.stdout
     assert f"sha256 {sha256(DETECTOR_BYTES)}" in good.stdout
@@ -282,11 +282,13 @@ def test_models_verify_reports_good_missing_and_corrupt_files(
     assert_one_line_error(corrupt, "1 model file(s) do not match")
 
 
-def test_models_verify_with_no_files_present_succeeds(tmp_path: Path) -> None:
+def test_models_verify_with_no_files_present_fails_and_says_how_to_get_some(
+    tmp_path: Path,
+) -> None:
     result = run_cli("models", "verify", env={"FACEREC_MODELS_DIR": str(tmp_path)})
 
-    assert result.returncode == 0, result.stderr
     assert f"0 verified, {len(SHIPPED_NAMES)} missing, 0 failed" in result.stdout
+    assert_one_line_error(result, "facerec models fetch buffalo_s")
 
 
 def test_invalid_configuration_is_a_one_line_error(tmp_path: Path) -> None:
@@ -320,3 +322,39 @@ def test_serve_with_missing_models_exits_1_with_one_line(
     assert status == 1
     assert len(error_lines) == 1
     assert error_lines[0].startswith("facerec: error: [model_not_found]")
+
+
+def test_models_fetch_of_a_full_pack_says_how_to_serve_it(
+    tmp_path: Path, catalog: Path, served: tuple[Path, str]
+) -> None:
+    root, base_url = served
+    recognizer_bytes = b"tiny recognizer " * 100
+    with zipfile.ZipFile(root / "pair.zip", "w") as archive:
+        archive.writestr("det.onnx", DETECTOR_BYTES)
+        archive.writestr("rec.onnx", recognizer_bytes)
+    recognizer = json.loads(
+        (default_catalog_dir() / "manifests" / "w600k_mbf_int8.json").read_text()
+    )
+    recognizer.update(name="tiny_rec", file="pair/rec.onnx", sha256=sha256(recognizer_bytes))
+    (catalog / "manifests" / "tiny_rec.json").write_text(json.dumps(recognizer))
+    pack = {
+        "name": "pair",
+        "url": f"{base_url}/pair.zip",
+        "archive_sha256": sha256((root / "pair.zip").read_bytes()),
+        "target_dir": "pair",
+        "members": [
+            {"name": "det.onnx", "sha256": sha256(DETECTOR_BYTES), "manifest": "tiny_det"},
+            {"name": "rec.onnx", "sha256": sha256(recognizer_bytes), "manifest": "tiny_rec"},
+        ],
+        "licence": "test data, no rights",
+    }
+    (catalog / "packs" / "pair.json").write_text(json.dumps(pack))
+    models_dir = tmp_path / "models"
+
+    result = run_cli("models", "fetch", "pair", "--catalog", str(catalog), "--dir", str(models_dir))
+
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"serve them: FACEREC_MODELS_DIR={models_dir} FACEREC_DETECTOR=tiny_det "
+        "FACEREC_RECOGNIZER=tiny_rec facerec serve"
+    ) in result.stdout

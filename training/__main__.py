@@ -8,11 +8,22 @@ reembed   a gallery's stored aligned crops -> a new gallery for another recogniz
 
 from __future__ import annotations
 
+import sys
+
+# Before anything imports PyTorch: without the train extra, say so in one line (exit 2).
+try:
+    import torch
+except ModuleNotFoundError:
+    sys.stderr.write(
+        "python -m training: error: PyTorch is not installed; install the train extra: "
+        "pip install 'facerec[train]' (or scripts/setup.sh cpu train)\n"
+    )
+    raise SystemExit(2) from None
+
 import argparse
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 from contextlib import closing
@@ -20,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from app.core.types import FloatArray, NewFace
 from app.errors import FaceRecError

@@ -9,12 +9,13 @@ fair share of inference (``app.api.limits``).
 
 Which paths need what (``access_for``):
 
-* open, key ignored: ``/health``, ``/``, ``/static/...``, ``/docs``, ``/openapi.json``;
+* open, key ignored: ``/health``, ``/``, ``/manage``, ``/static/...``, ``/docs`` (and
+  ``/docs/assets/...``), ``/redoc``, ``/openapi.json``;
 * key optional (a key sent must be valid; an admin key sees more): ``/ready``,
   ``/metrics``;
 * admin key: ``/keys`` and below;
 * collection scope checked here too: ``/enroll``, ``/identify``, ``/subjects...``,
-  ``/faces/...`` (``collection`` query parameter, ``default`` when absent; 422 when
+  ``/faces/...`` (and its crop) (``collection`` query parameter, ``default`` when absent; 422 when
   it is not a collection name), and ``/verify`` when it names a ``collection``;
 * any other path: a valid key (so unknown paths reveal nothing to anonymous callers).
 
@@ -42,13 +43,17 @@ from app.errors import FaceRecError, InvalidRequest
 KEY_STATE = "api_key"
 KEY_ID_STATE = "key_id"
 DEFAULT_COLLECTION = "default"
-_OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc"})
+_OPEN_PATHS = frozenset({"/", "/manage", "/health", "/docs", "/docs/oauth2-redirect", "/redoc"})
+_OPEN_PREFIXES = ("/static/", "/docs/assets/")
 _OPEN_PATHS |= {"/openapi.json"}
 _OPTIONAL_PATHS = frozenset({"/ready", "/metrics"})
 # (method, path) of the routes bound to the ``collection`` parameter; other methods on
 # these paths only need a key (and get the router's 405).
 _COLLECTION_ROUTES = frozenset({("POST", "/enroll"), ("POST", "/identify"), ("GET", "/subjects")})
-_COLLECTION_PREFIXES = {"/subjects/": frozenset({"GET", "DELETE"}), "/faces/": {"DELETE"}}
+_COLLECTION_PREFIXES = {
+    "/subjects/": frozenset({"GET", "DELETE"}),
+    "/faces/": frozenset({"GET", "DELETE"}),
+}
 _COLLECTION_NAME = re.compile(COLLECTION_PATTERN)
 
 
@@ -61,7 +66,7 @@ class Access(enum.Enum):
 
 
 def access_for(method: str, path: str, query: dict[str, list[str]]) -> Access:
-    if path in _OPEN_PATHS or path.startswith("/static/"):
+    if path in _OPEN_PATHS or path.startswith(_OPEN_PREFIXES):
         return Access.OPEN
     if path in _OPTIONAL_PATHS:
         return Access.OPTIONAL

@@ -1,4 +1,6 @@
-"""Dependencies shared by the routers: the runtime, validated names, inference offload."""
+"""Dependencies shared by the routers: the runtime, validated names, inference offload.
+
+Request bodies of the image endpoints are read by ``app.api.bodies``."""
 
 from __future__ import annotations
 
@@ -7,11 +9,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import anyio
-from fastapi import Depends, Query, Request, UploadFile
+from fastapi import Depends, Query, Request
 
 from app.api.limits import current_tenant
 from app.core.names import clean_name
-from app.errors import ImageTooLarge, InvalidRequest
+from app.errors import InvalidRequest
 from app.schemas import ModelInfo
 
 if TYPE_CHECKING:
@@ -45,16 +47,6 @@ def validate_subject(subject: str) -> str:
     if name in {".", ".."} or _SUBJECT_FORBIDDEN.search(name):
         raise InvalidRequest("subject must not be '.' or '..' nor contain '/' or '\\'")
     return name
-
-
-async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
-    """Read an upload, refusing to hold more than ``max_bytes`` of it in memory."""
-    data = await upload.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise ImageTooLarge(
-            f"{upload.filename or 'image'} is larger than {max_bytes} bytes", max_bytes=max_bytes
-        )
-    return data
 
 
 async def run_inference(runtime: Runtime, function: Callable[[], T]) -> T:

@@ -39,6 +39,11 @@ STATUS_BY_ERROR: dict[type[errors.FaceRecError], int] = {
     errors.NameConflict: 409,
     errors.UnknownNotFound: 404,
     errors.DatabaseUnavailable: 503,
+    # requests, enrollment and face crops
+    errors.MalformedRequest: 400,
+    errors.LowQuality: 422,
+    errors.MatchesOtherSubject: 409,
+    errors.CropNotFound: 404,
 }
 # Domain errors that are a client's answer even though their status is 5xx.
 CLIENT_VISIBLE_5XX: tuple[type[errors.FaceRecError], ...] = (
@@ -106,6 +111,12 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    if any(error.get("type") == "json_invalid" for error in exc.errors()):
+        # A body that is not JSON at all is a framing error, as for broken multipart.
+        note_error_code(request, "malformed_request")
+        return JSONResponse(
+            error_body("malformed_request", "the body is not valid JSON"), status_code=400
+        )
     note_error_code(request, "invalid_request")
     problems = [
         {"field": ".".join(str(part) for part in error["loc"]), "problem": error["msg"]}

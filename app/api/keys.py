@@ -7,20 +7,17 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Path, Request, status
 
+from app.api.openapi import error_responses
 from app.auth.dependencies import AdminCaller, guard_of
 from app.auth.keys import ApiKey
 from app.auth.keystore import KeyStore
 from app.errors import AuthDisabled
-from app.schemas import ErrorResponse, KeyCreate, KeyCreated, KeyList, KeyOut
+from app.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
 
 router = APIRouter(prefix="/keys", tags=["keys"])
-KEY_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "malformed_request: the body is not JSON"},
-    401: {"model": ErrorResponse, "description": "missing, invalid or revoked key"},
-    403: {"model": ErrorResponse, "description": "not an admin key"},
-    409: {"model": ErrorResponse, "description": "auth is off, or the last admin key"},
-    429: {"model": ErrorResponse, "description": "rate limit of the key reached"},
-}
+KEY_ERRORS: dict[int | str, dict[str, Any]] = error_responses(
+    "unauthorized", "forbidden", "auth_disabled", "rate_limited"
+)
 KeyIdPath = Annotated[str, Path(max_length=64, description="the key id (16 hex digits)")]
 
 
@@ -46,7 +43,7 @@ def _key(key: ApiKey) -> dict[str, Any]:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=KeyCreated,
-    responses=KEY_ERRORS,
+    responses={**KEY_ERRORS, **error_responses("malformed_request", "invalid_request")},
     summary="Create an API key (its secret is shown only in this response)",
 )
 async def create_key(request: Request, _: AdminCaller, body: KeyCreate) -> KeyCreated:
@@ -67,7 +64,10 @@ async def list_keys(request: Request, _: AdminCaller) -> KeyList:
 @router.delete(
     "/{key_id}",
     response_model=KeyOut,
-    responses={**KEY_ERRORS, 404: {"model": ErrorResponse, "description": "unknown key"}},
+    responses={
+        **KEY_ERRORS,
+        **error_responses("key_not_found", "last_admin_key", "auth_disabled", "invalid_request"),
+    },
     summary="Revoke an API key at once",
 )
 async def revoke_key(request: Request, _: AdminCaller, key_id: KeyIdPath) -> KeyOut:

@@ -54,6 +54,7 @@ def announce_first_admin_key(issued: IssuedKey, out: TextIO) -> None:
         f"\n{_RULE}\n{FIRST_KEY_BANNER} (shown once: store it now)\n"
         f"  key id:    {issued.key.key_id}\n"
         f"  X-API-Key: {issued.token}\n"
+        f"  For curl and the examples in the docs:  export FACEREC_KEY={issued.token}\n"
         "  Use it to create scoped keys: POST /keys. It is stored only as a hash.\n"
         f"{_RULE}\n\n"
     )

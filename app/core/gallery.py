@@ -123,6 +123,11 @@ class Gallery(Protocol):
         """Every stored aligned crop (PNG) with its face, e.g. to re-embed with a new model."""
         ...
 
+    def face_crop(self, collection: str, face_id: str) -> bytes | None:
+        """One face's stored 112x112 aligned crop (PNG), None when it was stored without
+        one; ``FaceNotFound`` when the collection holds no such face."""
+        ...
+
     def export_embeddings(self, collection: str, *, batch_size: int) -> Iterator[EmbeddingBatch]:
         """Every face of a collection in a stable order, ``batch_size`` at a time."""
         ...

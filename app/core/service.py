@@ -13,6 +13,7 @@ from PIL import Image
 from app.core.gallery import Gallery
 from app.core.matching import assign_subjects
 from app.core.pipeline import FacePipeline
+from app.core.quality import DEFAULT_MIN_QUALITY, FaceQuality, assess_face
 from app.core.subjects import SubjectNames
 from app.core.types import DecodedImage, Detection, EmbeddedFace, FaceRecord, NewFace, SearchHit
 from app.errors import (
@@ -20,6 +21,8 @@ from app.errors import (
     FaceTooSmall,
     InvalidRequest,
     LowDetectionScore,
+    LowQuality,
+    MatchesOtherSubject,
     MultipleFaces,
     NoFaceDetected,
     RequestTooLarge,
@@ -37,6 +40,46 @@ class QualityGate:
 
     min_face_size: int
     min_det_score: float
+    min_quality: float = DEFAULT_MIN_QUALITY
+
+
+# Enrollment looks at this many nearest subjects to find one other than the enrolled one.
+DUPLICATE_SEARCH_TOP_K = 2
+MATCHES_OTHER_SUBJECT = "matches_other_subject"
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysedFace:
+    """A face found in a photo: its detection, embedding and crop, and its quality."""
+
+    face: EmbeddedFace
+    quality: FaceQuality
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolledFace:
+    record: FaceRecord
+    created: bool  # False: this photo was already enrolled for the subject
+    quality: FaceQuality
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentFace:
+    """A face that passed the enrollment gates, not stored yet."""
+
+    image: str  # the photo's name in the request
+    face: NewFace
+    quality: FaceQuality
+
+
+@dataclass(frozen=True, slots=True)
+class OtherSubjectMatch:
+    """An enrolled photo whose face already matches another subject above the threshold."""
+
+    image: str
+    subject: str
+    similarity: float
+    face_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +91,15 @@ class Rejection:
 @dataclass(frozen=True, slots=True)
 class EnrollResult:
     subject: str
-    faces: list[tuple[FaceRecord, bool]]  # record, created (False: already enrolled)
+    faces: list[EnrolledFace]
     rejected: list[Rejection]
+    matches_other_subjects: list[OtherSubjectMatch]  # warnings (refused when strict)
 
 
 @dataclass(frozen=True, slots=True)
 class IdentifiedFace:
     face: EmbeddedFace
+    quality: FaceQuality
     candidates: list[SearchHit]
     match: SearchHit | None
 
@@ -91,6 +136,18 @@ def select_enrollment_face(
             det_score=face.score,
         )
     return face
+
+
+def require_quality(quality: FaceQuality, gate: QualityGate) -> None:
+    """Raise ``LowQuality`` (with the score and its reasons) under the gate's minimum."""
+    if quality.score < gate.min_quality:
+        reasons = ", ".join(quality.reasons) or "several small shortcomings"
+        raise LowQuality(
+            f"face quality {quality.score:.2f} is below {gate.min_quality:.2f} ({reasons})",
+            quality=quality.score,
+            min_quality=gate.min_quality,
+            reasons=list(quality.reasons),
+        )
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -137,8 +194,11 @@ class FaceService:
                 max_pixels=self.max_request_pixels,
             )
 
-    def embed(self, data: bytes) -> list[EmbeddedFace]:
-        return self.pipeline.analyze(self.decode(data).pixels)
+    def embed(self, data: bytes) -> list[AnalysedFace]:
+        return [
+            AnalysedFace(face=face, quality=assess_face(face.detection, face.aligned))
+            for face in self.pipeline.analyze(self.decode(data).pixels)
+        ]
 
     def enroll(
         self,
@@ -146,40 +206,59 @@ class FaceService:
         subject: str,
         images: Sequence[tuple[str, bytes]],
         policy: FacePolicy,
+        *,
+        strict: bool = False,
     ) -> EnrollResult:
         """Enroll one face per image; bad images are rejected individually with a reason.
 
-        Raises the first rejection's error when no image could be enrolled. The HTTP
-        route runs the same steps with one inference turn per image.
+        Raises the first rejection's error when no image could be enrolled. A face that
+        already matches another subject at or above the threshold is reported in
+        ``matches_other_subjects``; with ``strict`` nothing is enrolled then
+        (``MatchesOtherSubject``). The HTTP route runs the same steps with one inference
+        turn per image.
         """
         self.subject_names.check(collection, subject)
         self.check_request_pixels([data for _, data in images])
         outcomes = [self.enrollment_face(name, data, policy) for name, data in images]
-        return self.commit_enrollment(collection, subject, outcomes)
+        return self.commit_enrollment(collection, subject, outcomes, strict=strict)
 
-    def enrollment_face(self, name: str, data: bytes, policy: FacePolicy) -> NewFace | Rejection:
+    def enrollment_face(
+        self, name: str, data: bytes, policy: FacePolicy
+    ) -> EnrollmentFace | Rejection:
         """The face one enrollment photo contributes, or why it contributes none."""
         try:
             image = self.decode(data)
             face = select_enrollment_face(self.pipeline.detect(image.pixels), policy, self.gate)
             (embedded,) = self.pipeline.embed(image.pixels, [face])
+            return self.gated_face(name, image.sha256, embedded)
         except FaceRecError as error:
             return Rejection(image=name, error=error)
-        return NewFace(
-            image_sha256=image.sha256,
-            bbox=face.bbox,
-            det_score=face.score,
+
+    def gated_face(self, name: str, source_sha256: str, embedded: EmbeddedFace) -> EnrollmentFace:
+        """An embedded face as an enrollment candidate, once it passes the quality gate."""
+        quality = assess_face(embedded.detection, embedded.aligned)
+        require_quality(quality, self.gate)
+        new_face = NewFace(
+            image_sha256=source_sha256,
+            bbox=embedded.detection.bbox,
+            det_score=embedded.detection.score,
             embedding=embedded.embedding,
             aligned_png=encode_png(embedded.aligned) if self.store_aligned_crops else None,
         )
+        return EnrollmentFace(image=name, face=new_face, quality=quality)
 
     def commit_enrollment(
-        self, collection: str, subject: str, outcomes: Sequence[NewFace | Rejection]
+        self,
+        collection: str,
+        subject: str,
+        outcomes: Sequence[EnrollmentFace | Rejection],
+        *,
+        strict: bool = False,
     ) -> EnrollResult:
         """Store the accepted faces (one transaction), refusing a look-alike subject name."""
         if not outcomes:
             raise InvalidRequest("an enrollment needs at least one image")
-        accepted = [outcome for outcome in outcomes if isinstance(outcome, NewFace)]
+        accepted = [outcome for outcome in outcomes if isinstance(outcome, EnrollmentFace)]
         rejected = [outcome for outcome in outcomes if isinstance(outcome, Rejection)]
         if not accepted:
             first = rejected[0].error
@@ -191,9 +270,48 @@ class FaceService:
                 ],
             )
             raise first
+        others = self._matches_of_other_subjects(collection, subject, accepted)
+        if strict and others:
+            raise MatchesOtherSubject(
+                f"{others[0].image} matches {others[0].subject!r} "
+                f"(similarity {others[0].similarity:.3f}, threshold {self.threshold:.3f}); "
+                "nothing was enrolled",
+                threshold=self.threshold,
+                matches=[
+                    {"image": m.image, "subject": m.subject, "similarity": m.similarity}
+                    for m in others
+                ],
+            )
         with self.subject_names.claim(collection, subject):
-            faces = self.gallery.add_faces(collection, subject, accepted)
-        return EnrollResult(subject=subject, faces=faces, rejected=rejected)
+            stored = self.gallery.add_faces(collection, subject, [a.face for a in accepted])
+        faces = [
+            EnrolledFace(record=record, created=created, quality=candidate.quality)
+            for (record, created), candidate in zip(stored, accepted, strict=True)
+        ]
+        return EnrollResult(
+            subject=subject, faces=faces, rejected=rejected, matches_other_subjects=others
+        )
+
+    def _matches_of_other_subjects(
+        self, collection: str, subject: str, faces: Sequence[EnrollmentFace]
+    ) -> list[OtherSubjectMatch]:
+        """For each new face, the most similar other subject when it is at the threshold."""
+        queries = np.stack([candidate.face.embedding for candidate in faces])
+        found = []
+        for candidate, hits in zip(
+            faces, self.gallery.search(collection, queries, DUPLICATE_SEARCH_TOP_K), strict=True
+        ):
+            other = next((hit for hit in hits if hit.subject != subject), None)
+            if other is not None and other.similarity >= self.threshold:
+                found.append(
+                    OtherSubjectMatch(
+                        image=candidate.image,
+                        subject=other.subject,
+                        similarity=other.similarity,
+                        face_id=other.face_id,
+                    )
+                )
+        return found
 
     def identify(
         self, collection: str, data: bytes, *, top_k: int, threshold: float | None
@@ -203,20 +321,26 @@ class FaceService:
         faces = self.embed(data)
         if not faces:
             return [], limit
-        queries = np.stack([face.embedding for face in faces])
+        queries = np.stack([analysed.face.embedding for analysed in faces])
         candidates = self.gallery.search(collection, queries, top_k)
         matches = assign_subjects(candidates, limit)
         identified = [
-            IdentifiedFace(face=face, candidates=hits, match=match)
-            for face, hits, match in zip(faces, candidates, matches, strict=True)
+            IdentifiedFace(
+                face=analysed.face, quality=analysed.quality, candidates=hits, match=match
+            )
+            for analysed, hits, match in zip(faces, candidates, matches, strict=True)
         ]
         return identified, limit
 
-    def _largest_face(self, data: bytes) -> EmbeddedFace:
-        image = self.decode(data)
+    def _largest_face(self, data: bytes, field: str) -> EmbeddedFace:
+        """The largest face of the photo sent as ``field``; errors name that field."""
+        try:
+            image = self.decode(data)
+        except FaceRecError as error:
+            raise _naming_field(error, field) from None
         detections = self.pipeline.detect(image.pixels)
         if not detections:
-            raise NoFaceDetected("no face found in the image")
+            raise NoFaceDetected(f"no face found in {field}", field=field)
         (face,) = self.pipeline.embed(image.pixels, [max(detections, key=lambda d: d.area)])
         return face
 
@@ -224,7 +348,7 @@ class FaceService:
         """Similarity of the largest face of each photo."""
         limit = self.threshold if threshold is None else threshold
         self.check_request_pixels([data_a, data_b])
-        first, second = self._largest_face(data_a), self._largest_face(data_b)
+        first, second = self._largest_face(data_a, "image_a"), self._largest_face(data_b, "image_b")
         similarity = float(np.dot(first.embedding, second.embedding))
         return Verification(similarity=similarity, threshold=limit, match=similarity >= limit)
 
@@ -234,8 +358,13 @@ class FaceService:
         """Similarity of the photo's largest face to the subject's closest enrolled face."""
         limit = self.threshold if threshold is None else threshold
         self.gallery.get_subject(collection, subject)  # 404 before spending inference
-        face = self._largest_face(data)
+        face = self._largest_face(data, "image")
         hit = self.gallery.best_match_for_subject(collection, subject, face.embedding)
         return Verification(
             similarity=hit.similarity, threshold=limit, match=hit.similarity >= limit
         )
+
+
+def _naming_field(error: FaceRecError, field: str) -> FaceRecError:
+    """The same error, its message prefixed with the request field it concerns."""
+    return type(error)(f"{field}: {error.message}", **{**error.details, "field": field})

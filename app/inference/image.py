@@ -51,6 +51,11 @@ _REPORTED_FORMAT = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WEBP",
 _WIDE_GRAY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _UINT16_MAX = 65535
 
+# Leading bytes of the accepted formats (WebP: RIFF....WEBP, checked apart). Bytes
+# that start like one of these but do not decode are a damaged image (400); bytes
+# that start like none are not an image at all (415, like any other wrong format).
+_ACCEPTED_SIGNATURES = (b"\xff\xd8", b"\x89PNG\r\n\x1a\n", b"BM")
+
 _UNDECODABLE = "the upload is not a decodable image (empty, truncated or corrupt)"
 
 
@@ -113,13 +118,34 @@ def _unaccepted_image_error(data: bytes) -> FaceRecError:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return ImageTooLarge("the image declares too many pixels")
     except Exception:  # not an image at all (or one Pillow cannot even parse)
-        return InvalidImage(_UNDECODABLE)
+        return InvalidImage(_UNDECODABLE) if _starts_like_accepted(data) else _not_an_image()
     if image_format is None or image_format in _REPORTED_FORMAT:
         return InvalidImage(_UNDECODABLE)
     accepted = list(ACCEPTED_FORMATS)
     return UnsupportedImageType(
         f"{image_format} images are not accepted; send one of {', '.join(accepted)}",
         format=image_format,
+        accepted=accepted,
+    )
+
+
+def _starts_like_accepted(data: bytes) -> bool:
+    """Whether ``data`` begins like an accepted format (a truncated or damaged one)."""
+    head = data[:12]
+    if head[:4] == b"RIFF":
+        return len(head) < 12 or head[8:12] == b"WEBP"
+    return any(
+        head.startswith(signature) or signature.startswith(head)
+        for signature in _ACCEPTED_SIGNATURES
+    )
+
+
+def _not_an_image() -> UnsupportedImageType:
+    """Bytes no image format claims (text, PDF, HTML, SVG...): the wrong kind of upload."""
+    accepted = list(ACCEPTED_FORMATS)
+    return UnsupportedImageType(
+        f"the upload is not an image; send one of {', '.join(accepted)}",
+        format=None,
         accepted=accepted,
     )
 

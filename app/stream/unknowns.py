@@ -28,13 +28,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from app.core.service import (
+    EnrollmentFace,
     EnrollResult,
     FaceService,
     Rejection,
-    encode_png,
     select_enrollment_face,
 )
-from app.core.types import Detection, FloatArray, ImageArray, NewFace
+from app.core.types import Detection, EmbeddedFace, FloatArray, ImageArray
 from app.errors import FaceRecError, UnknownNotFound
 
 UNKNOWN_ID_PREFIX = "unk_"
@@ -207,6 +207,7 @@ def enroll_unknown(
     subject: str,
     unknown_id: str,
     owner: str | None,
+    strict: bool = False,
 ) -> EnrollResult:
     """Enroll an unknown's kept crops as ``subject``, through the photo enrollment gates.
 
@@ -218,20 +219,15 @@ def enroll_unknown(
     face = store.lookup(unknown_id, collection=collection, owner=owner)
     if not face.crops:
         raise UnknownNotFound("this unknown face has no crops kept", unknown_id=unknown_id)
-    outcomes: list[NewFace | Rejection] = []
+    outcomes: list[EnrollmentFace | Rejection] = []
     for number, crop in enumerate(face.crops, start=1):
+        name = f"{unknown_id}#{number}"
         try:
             select_enrollment_face([crop.detection], "single", service.gate)
-        except FaceRecError as error:
-            outcomes.append(Rejection(image=f"{unknown_id}#{number}", error=error))
-            continue
-        outcomes.append(
-            NewFace(
-                image_sha256=crop.frame_sha256,
-                bbox=crop.detection.bbox,
-                det_score=crop.detection.score,
-                embedding=crop.embedding,
-                aligned_png=encode_png(crop.aligned) if service.store_aligned_crops else None,
+            embedded = EmbeddedFace(
+                detection=crop.detection, embedding=crop.embedding, aligned=crop.aligned
             )
-        )
-    return service.commit_enrollment(collection, subject, outcomes)
+            outcomes.append(service.gated_face(name, crop.frame_sha256, embedded))
+        except FaceRecError as error:
+            outcomes.append(Rejection(image=name, error=error))
+    return service.commit_enrollment(collection, subject, outcomes, strict=strict)

@@ -71,7 +71,7 @@ def test_enroll_returns_201_with_the_enrolled_face(
     assert body["subject"] == "Donald Rumsfeld"
     assert body["rejected"] == []
     (face,) = body["faces"]
-    assert set(face) == {"face_id", "image_sha256", "bbox", "det_score", "created"}
+    assert set(face) == {"face_id", "image_sha256", "bbox", "det_score", "created", "quality"}
     assert face["created"] is True
     assert isinstance(face["face_id"], str)
     assert face["face_id"]
@@ -254,7 +254,7 @@ def test_each_unusable_image_is_listed_with_its_own_code(
     assert len(body["faces"]) == 1
     assert [(r["image"], r["code"]) for r in body["rejected"]] == [
         ("grey.png", "no_face"),
-        ("junk.jpg", "undecodable_image"),
+        ("junk.jpg", "unsupported_media_type"),
     ]
 
 

@@ -82,13 +82,18 @@ def pair_case(
 
 
 CASES = {
-    # --- 400: not an image --------------------------------------------------------------------
-    "identify-junk": image_case("/identify", 400, "undecodable_image", JUNK),
+    # --- 400: an empty, truncated or damaged image ------------------------------------------
     "identify-empty-file": image_case("/identify", 400, "undecodable_image", b""),
     "identify-truncated-jpeg": image_case("/identify", 400, "undecodable_image", TRUNCATED),
-    "embed-junk": image_case("/embed", 400, "undecodable_image", JUNK),
-    "enroll-junk": enroll_case(400, "undecodable_image", JUNK),
-    "verify-junk": pair_case(400, "undecodable_image", JUNK),
+    "embed-truncated-jpeg": image_case("/embed", 400, "undecodable_image", TRUNCATED),
+    "enroll-truncated-jpeg": enroll_case(400, "undecodable_image", TRUNCATED),
+    "verify-truncated-jpeg": pair_case(400, "undecodable_image", TRUNCATED),
+    # --- 415: not an image at all (a README, a PDF) ----------------------------------------
+    "identify-junk": image_case("/identify", 415, "unsupported_media_type", JUNK),
+    "embed-junk": image_case("/embed", 415, "unsupported_media_type", JUNK),
+    "enroll-junk": enroll_case(415, "unsupported_media_type", JUNK),
+    "verify-junk": pair_case(415, "unsupported_media_type", JUNK),
+    "identify-pdf": image_case("/identify", 415, "unsupported_media_type", b"%PDF-1.7\n%\xb5"),
     # --- 415: an image, but not an accepted format ------------------------------------------------
     "identify-gif": image_case("/identify", 415, "unsupported_media_type", encoded("GIF")),
     "identify-tiff": image_case("/identify", 415, "unsupported_media_type", encoded("TIFF")),

@@ -136,10 +136,10 @@ def face_as(image_format: str, mode: str = "RGB", **options: object) -> Callable
 # --- the table ------------------------------------------------------------------------------
 
 CASES: dict[str, Hostile] = {
-    # not images at all: 400 undecodable_image
+    # empty, truncated or damaged images: 400 undecodable_image
     "empty-file": Hostile(identify_with(lambda i: b""), 400, "undecodable_image"),
     "random-bytes": Hostile(
-        identify_with(lambda i: bytes(range(256)) * 40), 400, "undecodable_image"
+        identify_with(lambda i: bytes(range(256)) * 40), 415, "unsupported_media_type"
     ),
     "truncated-jpeg": Hostile(
         identify_with(lambda i: i.face_jpeg[: len(i.face_jpeg) // 2]), 400, "undecodable_image"
@@ -154,17 +154,20 @@ CASES: dict[str, Hostile] = {
     "png-bad-crc": Hostile(
         identify_with(lambda i: img.bad_crc_png(i.face)), 400, "undecodable_image"
     ),
+    # not images at all (documents, markup): 415 unsupported_media_type
     "html-named-jpg": Hostile(
         identify_with(lambda i: b"<html><body>hi</body></html>", "face.jpg"),
-        400,
-        "undecodable_image",
+        415,
+        "unsupported_media_type",
     ),
     "svg": Hostile(
         identify_with(lambda i: b'<svg xmlns="http://www.w3.org/2000/svg" width="9999999"/>'),
-        400,
-        "undecodable_image",
+        415,
+        "unsupported_media_type",
     ),
-    "pdf": Hostile(identify_with(lambda i: b"%PDF-1.4\n%\xe2\xe3\n1 0 obj\n"), 400),
+    "pdf": Hostile(
+        identify_with(lambda i: b"%PDF-1.4\n%\xe2\xe3\n1 0 obj\n"), 415, "unsupported_media_type"
+    ),
     "png-text-chunk-bomb": Hostile(
         identify_with(lambda i: img.text_bomb_png(i.face)), 400, "undecodable_image"
     ),
@@ -287,13 +290,14 @@ CASES: dict[str, Hostile] = {
         422,
         "invalid_request",
     ),
+    # JSON bodies carry base64 images: "aGVsbG8=" is the word "hello", not an image
     "json-body": Hostile(
-        raw_body(b'{"image": "aGVsbG8="}', "application/json"), 422, "invalid_request"
+        raw_body(b'{"image": "aGVsbG8="}', "application/json"), 415, "unsupported_media_type"
     ),
     "urlencoded-body": Hostile(
         raw_body(b"image=hello", "application/x-www-form-urlencoded"), 422, "invalid_request"
     ),
-    "text-body": Hostile(raw_body(b"hello", "text/plain"), 422, "invalid_request"),
+    "text-body": Hostile(raw_body(b"hello", "text/plain"), 415, "unsupported_media_type"),
     "no-body": Hostile(
         raw("POST", "/identify", params={"collection": COLLECTION}), 422, "invalid_request"
     ),
@@ -405,16 +409,16 @@ CASES: dict[str, Hostile] = {
             **raw_body(b'{"name": ', "application/json", "/keys")(i),
             "headers": {"Content-Type": "application/json", "X-API-Key": i.admin},
         },
-        422,
-        "invalid_request",
+        400,
+        "malformed_request",
     ),
     "keys-binary-body": Hostile(
         lambda i: {
             **raw_body(b"\xff\xfe\x00\x81", "application/json", "/keys")(i),
             "headers": {"Content-Type": "application/json", "X-API-Key": i.admin},
         },
-        422,
-        "invalid_request",
+        400,
+        "malformed_request",
     ),
     "keys-path-like-collection": Hostile(
         lambda i: {

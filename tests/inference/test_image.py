@@ -323,9 +323,6 @@ def truncated(image_format: str) -> bytes:
 INVALID_CASES: dict[str, Callable[[], bytes]] = {
     "empty": lambda: b"",
     "one-byte": lambda: b"\xff",
-    "text": lambda: b"this is not an image, honest",
-    "random": lambda: random.Random(1).randbytes(4096),
-    "zeros": lambda: bytes(4096),
     "jpeg-signature-only": lambda: b"\xff\xd8\xff",
     "png-signature-only": lambda: b"\x89PNG\r\n\x1a\n",
     "truncated-jpeg": lambda: truncated("JPEG"),
@@ -342,6 +339,26 @@ def test_undecodable_bytes_raise_invalid_image(make: Callable[[], bytes]) -> Non
         decode(make())
 
     assert caught.value.code == "undecodable_image"
+
+
+NOT_IMAGES: dict[str, Callable[[], bytes]] = {
+    "text": lambda: b"this is not an image, honest",
+    "pdf": lambda: b"%PDF-1.4\n%\xe2\xe3\n1 0 obj\n",
+    "random": lambda: random.Random(1).randbytes(4096),
+    "zeros": lambda: bytes(4096),
+    "wav": lambda: b"RIFF\x24\x00\x00\x00WAVEfmt ",
+}
+
+
+@pytest.mark.parametrize("make", NOT_IMAGES.values(), ids=NOT_IMAGES.keys())
+def test_bytes_of_no_image_format_raise_unsupported_type(make: Callable[[], bytes]) -> None:
+    """A README, a PDF or noise is the wrong kind of upload (415), not a damaged image."""
+    with pytest.raises(UnsupportedImageType) as caught:
+        decode(make())
+
+    assert caught.value.code == "unsupported_media_type"
+    assert caught.value.details["accepted"] == list(ACCEPTED_FORMATS)
+    assert "not an image" in caught.value.message
 
 
 UNSUPPORTED_CASES: dict[str, Callable[[], bytes]] = {

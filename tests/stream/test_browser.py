@@ -13,23 +13,28 @@ tmp folder) and its path printed.
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import os
-import signal
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
 import pytest
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
 
 from app.api.stream import STATIC_DIR
+from tests.browser import (
+    CHROMIUM,
+    STEP_TIMEOUT_S,
+    DevTools,
+    artifacts_dir,
+    devtools_page_url,
+    start_chromium,
+    stop,
+)
 
 if TYPE_CHECKING:
     from conftest import LfwPhoto
@@ -39,9 +44,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
 # Cap of each wait below; reaching one means something is stuck, not slow.
-STEP_TIMEOUT_S = 120.0
 VIDEO_FPS = 10
 VIDEO_FRAMES = 40  # 4 s, looped by chromium
 SUBJECT = "George W. Bush"
@@ -82,47 +85,18 @@ def write_y4m(path: Path, frames: list[np.ndarray], fps: int) -> None:
 # --- processes ----------------------------------------------------------------------------
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """Terminate a child started in its own session, with everything it spawned."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def start_chromium(video: Path, profile: Path, page_url: str, log: Path) -> None:
-    command = [
-        str(CHROMIUM),
-        "--headless=new",
-        "--use-fake-device-for-media-stream",
-        "--use-fake-ui-for-media-stream",
-        f"--use-file-for-fake-video-capture={video}",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        "--remote-debugging-port=0",  # chromium picks one, written to DevToolsActivePort
-        "--window-size=1280,900",
-        page_url,
-    ]
-    # HOME keeps chromium's crash-report database and caches inside the test's folder.
-    environment = {**os.environ, "HOME": str(profile)}
-    with log.open("wb") as output:
-        _processes.append(
-            subprocess.Popen(
-                command,
-                env=environment,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+def start_video_chromium(video: Path, profile: Path, page_url: str, log: Path) -> None:
+    _processes.append(
+        start_chromium(
+            profile,
+            page_url,
+            log,
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+            f"--use-file-for-fake-video-capture={video}",
+            "--window-size=1280,900",
         )
+    )
 
 
 _processes: list[subprocess.Popen[bytes]] = []
@@ -133,79 +107,6 @@ def processes() -> Iterator[None]:
     yield
     while _processes:
         stop(_processes.pop())
-
-
-# --- the DevTools protocol ------------------------------------------------------------------
-
-
-class DevTools:
-    """Just enough of the Chrome DevTools protocol: commands, evaluate, wait."""
-
-    def __init__(self, connection: ClientConnection) -> None:
-        self._connection = connection
-        self._ids = itertools.count(1)
-
-    def call(self, method: str, **params: Any) -> dict[str, Any]:
-        command_id = next(self._ids)
-        self._connection.send(json.dumps({"id": command_id, "method": method, "params": params}))
-        while True:  # events arrive in between; skip them
-            message = json.loads(self._connection.recv(timeout=STEP_TIMEOUT_S))
-            if message.get("id") == command_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                result: dict[str, Any] = message["result"]
-                return result
-
-    def evaluate(self, expression: str) -> Any:
-        result = self.call(
-            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
-        )
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def wait_for(self, expression: str, what: str) -> Any:
-        """Poll ``expression`` until it is truthy, at most STEP_TIMEOUT_S for this step."""
-        deadline = time.monotonic() + STEP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            value = self.evaluate(expression)
-            if value:
-                return value
-            time.sleep(0.25)
-        page_state = self.evaluate(
-            "JSON.stringify({url: location.href, text: document.body && document.body.innerText,"
-            " answers: document.body && document.body.dataset.answers})"
-        )
-        pytest.fail(f"timed out waiting for {what}; page: {page_state}")
-
-
-def devtools_page_url(profile: Path, page_url: str) -> str:
-    """The DevTools WebSocket URL of the tab showing ``page_url``, once chromium has it."""
-    port_file = profile / "DevToolsActivePort"
-    deadline = time.monotonic() + STEP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if port_file.is_file() and (lines := port_file.read_text().split()):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{lines[0]}/json/list") as reply:
-                    targets = json.load(reply)
-            except OSError:
-                targets = []
-            pages = [
-                t
-                for t in targets
-                if t.get("type") == "page" and t.get("url", "").startswith(page_url)
-            ]
-            if pages:
-                url: str = pages[0]["webSocketDebuggerUrl"]
-                return url
-        time.sleep(0.2)
-    pytest.fail("chromium did not open its DevTools port in time")
-
-
-def artifacts_dir(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("FACEREC_TEST_ARTIFACTS") or tmp_path / "artifacts")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def metric(text: str, series: str, camera: str) -> float:
@@ -253,7 +154,7 @@ def test_an_unknown_face_on_the_webcam_is_enrolled_from_the_page_and_named(
 
     profile = tmp_path / "chromium-profile"
     page_url = f"{server.url}/?collection={COLLECTION}&camera={CAMERA}"
-    start_chromium(video, profile, page_url, tmp_path / "chromium.log")
+    start_video_chromium(video, profile, page_url, tmp_path / "chromium.log")
     with connect(devtools_page_url(profile, page_url), max_size=None, open_timeout=30) as cdp:
         page = DevTools(cdp)
         page.wait_for(

@@ -130,6 +130,17 @@ def find_face(
     return None if row is None else (row["id"], face_record_from_row(row))
 
 
+def face_crop(
+    connection: sqlite3.Connection, collection: str, face_id: str
+) -> tuple[FaceRecord, bytes | None] | None:
+    """A face and its aligned crop (None when it was stored without), or None: no such face."""
+    row = connection.execute(
+        f"SELECT {FACE_COLUMNS}, aligned_png FROM faces WHERE face_id = ? AND collection = ?",
+        (face_id, collection),
+    ).fetchone()
+    return None if row is None else (face_record_from_row(row), row["aligned_png"])
+
+
 def subject_face_ids(
     connection: sqlite3.Connection, collection: str, subject: str
 ) -> list[int] | None:

@@ -312,6 +312,21 @@ class EmbeddedGallery:
                 yield record, png
             after_id = page[-1][0]
 
+    def face_crop(self, collection: str, face_id: str) -> bytes | None:
+        """The face's stored aligned crop (PNG); None when it was enrolled without one."""
+        require_text(collection, "collection")
+        require_text(face_id, "face_id")
+        with self._db_lock:
+            self._require_open()
+            found = repository.face_crop(self._db, collection, face_id)
+        if found is None:
+            raise FaceNotFound(
+                f"No face {face_id!r} in collection {collection!r}",
+                collection=collection,
+                face_id=face_id,
+            )
+        return found[1]
+
     def export_embeddings(self, collection: str, *, batch_size: int) -> Iterator[EmbeddingBatch]:
         """Every face of a collection in insertion order, ``batch_size`` at a time."""
         require_text(collection, "collection")

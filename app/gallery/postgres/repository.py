@@ -300,6 +300,20 @@ def find_face(
     return None if row is None else (int(row[0]), int(row[-1]), face_record(row[:-1]))
 
 
+def face_crop(
+    connection: Connection, collection_id: int, face_id: str
+) -> tuple[bool, bytes | None]:
+    """``(face exists, its aligned crop or None)`` for a face of the collection."""
+    row = connection.execute(
+        "SELECT cr.png FROM faces f LEFT JOIN face_crops cr ON cr.face_row = f.id "
+        "WHERE f.face_id = %s AND f.collection_id = %s",
+        (face_id, collection_id),
+    ).fetchone()
+    if row is None:
+        return False, None
+    return True, None if row[0] is None else bytes(row[0])
+
+
 def count_subject_faces(connection: Connection, subject_id: int) -> int:
     (count,) = connection.execute(
         "SELECT count(*) FROM faces WHERE subject_id = %s", (subject_id,)

@@ -337,6 +337,27 @@ class PostgresGallery:
             raise _subject_not_found(collection, subject)
         return result
 
+    def face_crop(self, collection: str, face_id: str) -> bytes | None:
+        """The face's stored aligned crop (PNG); None when it was enrolled without one."""
+        require_text(collection, "collection")
+        require_text(face_id, "face_id")
+        self._require_open()
+
+        def read(connection: Connection) -> tuple[bool, bytes | None]:
+            collection_id = repository.collection_id(connection, collection)
+            if collection_id is None:
+                return False, None
+            return repository.face_crop(connection, collection_id, face_id)
+
+        found, crop = self._database.run(read, what="read face crop")
+        if not found:
+            raise FaceNotFound(
+                f"No face {face_id!r} in collection {collection!r}",
+                collection=collection,
+                face_id=face_id,
+            )
+        return crop
+
     def aligned_crops(self, collection: str | None = None) -> Iterator[tuple[FaceRecord, bytes]]:
         """Every stored aligned crop (PNG) with its face, in insertion order."""
         if collection is not None:
