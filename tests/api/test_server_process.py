@@ -19,6 +19,7 @@ from app.inference.catalog import resolve_manifest
 from app.main import create_app
 from tests import serving
 from tests.serving import REQUEST_TIMEOUT_S, STARTUP_TIMEOUT_S, StartServer, free_port
+from tests.workers import Workers
 
 if TYPE_CHECKING:
     from conftest import LfwPhoto
@@ -170,60 +171,57 @@ def test_concurrent_identify_requests_succeed_while_an_enroll_runs(
         assert response.status_code == 201, response.text
 
     identifiers = 6
-    start = threading.Barrier(identifiers + 1)
+    start = threading.Barrier(identifiers + 1, timeout=REQUEST_TIMEOUT_S)
     enroll_done = threading.Event()
-    matches: list[str | None] = []
-    answered_during_enroll: list[bool] = []
-    failures: list[str] = []
-    lock = threading.Lock()
 
-    def enroll_newcomer() -> None:
+    def enroll_newcomer() -> int:
+        """The newcomer's enrollment: its faces enrolled."""
         files = [upload(lfw_photo(new_person, number)) for number in (*new_photos, 145)]
-        with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:
-            start.wait()
-            response = http.post(
-                "/enroll",
-                params={"collection": COLLECTION},
-                data={"subject": newcomer},
-                files=files,
-            )
-        if response.status_code != 201 or len(response.json()["faces"]) != 3:
-            with lock:
-                failures.append(f"enroll: {response.status_code} {response.text}")
-        enroll_done.set()
+        try:
+            with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:
+                start.wait()
+                response = http.post(
+                    "/enroll",
+                    params={"collection": COLLECTION},
+                    data={"subject": newcomer},
+                    files=files,
+                )
+        finally:
+            enroll_done.set()  # the identify loops end even when this one fails
+        assert response.status_code == 201, response.text
+        return len(response.json()["faces"])
 
-    def identify_known() -> None:
+    def identify_known() -> list[tuple[str | None, bool]]:
+        """(matched subject, answered while the enroll ran) of each identify."""
         photo = lfw_photo(person, probe)
+        answers: list[tuple[str | None, bool]] = []
         with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:
             start.wait()
             for attempt in range(20):
                 if attempt >= 2 and enroll_done.is_set():
-                    return
+                    break
                 response = http.post(
                     "/identify",
                     params={"collection": COLLECTION},
                     files={"image": (photo.name, photo.read_bytes())},
                 )
-                with lock:
-                    if response.status_code != 200:
-                        failures.append(f"identify: {response.status_code} {response.text}")
-                        continue
-                    (face,) = response.json()["faces"]
-                    matches.append(face["match"]["subject"] if face["match"] else None)
-                    answered_during_enroll.append(not enroll_done.is_set())
+                during_enroll = not enroll_done.is_set()
+                assert response.status_code == 200, response.text
+                (face,) = response.json()["faces"]
+                answers.append((face["match"]["subject"] if face["match"] else None, during_enroll))
+        return answers
 
-    threads = [threading.Thread(target=enroll_newcomer)]
-    threads += [threading.Thread(target=identify_known) for _ in range(identifiers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    workers = Workers()
+    workers.start(enroll_newcomer)
+    for _ in range(identifiers):
+        workers.start(identify_known)
+    enrolled_faces, *identified = workers.join(timeout_s=2 * REQUEST_TIMEOUT_S)
 
-    assert not any(thread.is_alive() for thread in threads)
-    assert failures == []
-    assert len(matches) >= 2 * identifiers
-    assert any(answered_during_enroll), "no identify overlapped the enroll"
-    assert set(matches) == {known}
+    assert enrolled_faces == 3
+    answers = [answer for answers in identified for answer in answers]
+    assert all(len(answers) >= 2 for answers in identified)
+    assert any(during for _, during in answers), "no identify overlapped the enroll"
+    assert {match for match, _ in answers} == {known}
     with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:
         face = identify_one(http, lfw_photo(new_person, new_probe))
         assert face["match"]["subject"] == newcomer
