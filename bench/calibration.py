@@ -96,10 +96,11 @@ class Result:
 # --- contenders -------------------------------------------------------------------------------
 
 
-def shipped_manifest(recognizer: str) -> Path | None:
-    """The catalog file of a catalog name, when it is one of the repository's manifests."""
+def manifest_file(recognizer: str) -> Path | None:
+    """Where ``--write-manifests`` writes a recognizer's thresholds: a manifest path as
+    given, a catalog name's file when it is one of the repository's manifests."""
     if recognizer.endswith(".json"):
-        return None
+        return Path(recognizer)
     _, path = resolve_manifest(recognizer)
     return path if path.resolve().parent == MANIFESTS_DIR.resolve() else None
 
@@ -125,8 +126,7 @@ def int8_as_is(recognizer: str, scratch_dir: Path) -> Path | None:
 def contenders(args: argparse.Namespace, scratch_dir: Path) -> list[Contender]:
     chosen = args.recognizer or [None]
     found = [
-        Contender(name or "default", name, shipped_manifest(name) if name else None)
-        for name in chosen
+        Contender(name or "default", name, manifest_file(name) if name else None) for name in chosen
     ]
     if args.int8_as_is:
         variants = [(name, int8_as_is(name, scratch_dir)) for name in chosen if name]
@@ -150,7 +150,7 @@ def sample_check(pairs: Sequence[LfwPair], lfw: LfwEmbeddings) -> dict[str, Any]
         "lfw_limit": CHECK_PAIRS,
         "images": len(sample),
         "impostor_pairs": calibration.impostor_pairs,
-        "by_far": {p.label: round(p.threshold, 6) for p in calibration.in_sample},
+        "by_far": {p.label: p.threshold for p in calibration.in_sample},
     }
 
 
@@ -484,7 +484,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--write-manifests",
         action="store_true",
-        help="write each catalog recognizer's thresholds into models/manifests/<name>.json",
+        help="write each recognizer's thresholds into its manifest (a catalog name's "
+        "models/manifests/<name>.json, or the manifest path given)",
     )
     parser.add_argument("--save-embeddings", type=Path, help="folder for each contender's .npz")
     parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")

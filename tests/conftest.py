@@ -19,6 +19,8 @@ from app.main import create_app
 from tests.serving import Server, StartServer, server_environment
 
 REPO = Path(__file__).resolve().parent.parent
+# Skips are listed at the end; in CI, one not in tests/allowed_skips.toml fails the run.
+pytest_plugins = ["tests.skips"]
 
 
 def _folder(variable: str, default: Path) -> Path:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
+from tests.dependencies import require
 from training.evaluate import embed_faces, plot_roc
 from training.evaluation import verify
 
@@ -37,7 +37,7 @@ def test_embed_faces_keeps_the_order_across_batches() -> None:
 
 
 def test_roc_plot_is_written_as_png(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    require("matplotlib", "the [train] extra")
     rng = np.random.default_rng(7)
     result = verify(
         rng.normal(1, 1, 500).astype(np.float32), rng.normal(0, 1, 5000).astype(np.float32)

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-torch = pytest.importorskip("torch")
+from tests.dependencies import require
+
+torch = require("torch", "the [train] extra")
 
 from app.config import Settings  # noqa: E402
 from app.errors import GalleryModelMismatch  # noqa: E402
