@@ -131,7 +131,10 @@ class FaceService:
         for name, data in images:
             try:
                 image = self.decode(data)
-                face = select_enrollment_face(self.pipeline.detect(image.pixels), policy, self.gate)
+                # Every face counts for the policy: "single" refuses a group photo even
+                # when max_faces_per_image would embed only its largest face.
+                detections = self.pipeline.detect(image.pixels, capped=False)
+                face = select_enrollment_face(detections, policy, self.gate)
                 (embedded,) = self.pipeline.embed(image.pixels, [face])
             except FaceRecError as error:
                 rejected.append(Rejection(image=name, error=error))

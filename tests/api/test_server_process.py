@@ -225,3 +225,71 @@ def test_concurrent_identify_requests_succeed_while_an_enroll_runs(
     with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:
         face = identify_one(http, lfw_photo(new_person, new_probe))
         assert face["match"]["subject"] == newcomer
+
+
+# --- one server per data folder -----------------------------------------------------------
+
+
+def test_a_second_server_on_the_same_data_folder_refuses_to_start_clearly(
+    start_server: StartServer, tmp_path: Path, models_dir: Path, lfw_photo: LfwPhoto
+) -> None:
+    data_dir = tmp_path / "gallery"
+    first = start_server(data_dir, auth="off")
+
+    second = subprocess.run(
+        serve_command(free_port()),
+        cwd=REPO,
+        env=server_environment(models_dir, data_dir),
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_TIMEOUT_S,
+        check=False,
+    )
+
+    assert second.returncode == 1
+    assert "Traceback" not in second.stderr
+    last_line = second.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("facerec: error: ")
+    assert "is already open" in last_line
+    assert f"pid {first.pid}" in last_line
+    # The first server never noticed: it still enrolls and answers.
+    with httpx.Client(base_url=first.url, timeout=REQUEST_TIMEOUT_S) as http:
+        response = http.post(
+            "/enroll",
+            params={"collection": COLLECTION},
+            data={"subject": "Rumsfeld"},
+            files=[upload(lfw_photo("Donald_Rumsfeld", 39))],
+        )
+        assert response.status_code == 201, response.text
+
+
+# --- the fast recognizer profile -------------------------------------------------------------
+
+
+def test_the_fast_recognizer_profile_is_served_with_its_own_threshold(
+    start_server: StartServer, tmp_path: Path, lfw_photo: LfwPhoto
+) -> None:
+    fast, _ = resolve_manifest("w600k_mbf_int8_fast")
+    default, _ = resolve_manifest("w600k_mbf_int8")
+    assert fast.thresholds is not None
+    assert default.thresholds is not None
+    assert not fast.augment.flip
+    server = start_server(tmp_path / "gallery", auth="off", recognizer="w600k_mbf_int8_fast")
+
+    with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:
+        ready = http.get("/ready").json()
+        assert ready["recognizer"]["model_id"] == fast.model_id != default.model_id
+        assert ready["threshold"] == pytest.approx(fast.thresholds.match)
+        for subject, person, enrolled, _ in PEOPLE:
+            response = http.post(
+                "/enroll",
+                params={"collection": COLLECTION},
+                data={"subject": subject},
+                files=[upload(lfw_photo(person, number)) for number in enrolled],
+            )
+            assert response.status_code == 201, response.text
+        for subject, person, _, probe in PEOPLE:
+            face = identify_one(http, lfw_photo(person, probe))
+            assert face["match"] is not None, f"{subject} not identified by the fast profile"
+            assert face["match"]["subject"] == subject
+            assert face["match"]["similarity"] >= fast.thresholds.match
