@@ -417,16 +417,17 @@ def thresholds_record(
 
 
 def write_manifest(path: Path, thresholds: dict[str, Any], recognizer_id: str) -> None:
-    """Replace the manifest's ``thresholds``; refuse when it is not the measured model."""
-    if load_manifest(path).model_id != recognizer_id:
-        raise SystemExit(f"{path} describes {load_manifest(path).model_id}, not {recognizer_id}")
+    """Replace the manifest's ``thresholds``; refuse when it is not the measured model.
+    The result is validated before the file is written."""
+    current = load_manifest(path)
+    if current.model_id != recognizer_id:
+        raise SystemExit(f"{path} describes {current.model_id}, not {recognizer_id}")
     raw = json.loads(path.read_text(encoding="utf-8"))
     raw["thresholds"] = thresholds
+    updated = ModelManifest.model_validate(raw)
     path.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    manifest: ModelManifest = load_manifest(path)  # still a valid manifest
-    print(
-        f"thresholds written to {path} (match {manifest.thresholds and manifest.thresholds.match})"
-    )
+    assert updated.thresholds is not None
+    print(f"thresholds written to {path} (match {updated.thresholds.match})")
 
 
 def match_far_of(contender: Contender, fallback: float) -> float:

@@ -188,3 +188,15 @@ def test_recalibrating_the_sample_reproduces_the_recorded_thresholds(
     assert rewritten.thresholds.match == round_up(new.check.by_far["1e-2"])
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     assert results[0]["check"] == new.check.model_dump()
+
+
+def test_writing_thresholds_into_the_manifest_of_another_model_is_refused(tmp_path: Path) -> None:
+    source = bench_calibration.MANIFESTS_DIR / "w600k_mbf_int8.json"
+    copy = tmp_path / source.name
+    copy.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    fast, _ = resolve_manifest("w600k_mbf_int8_fast")
+
+    with pytest.raises(SystemExit, match="describes w600k_mbf_int8@"):
+        bench_calibration.write_manifest(copy, {"match": 0.5}, fast.model_id)
+
+    assert copy.read_text(encoding="utf-8") == source.read_text(encoding="utf-8")
