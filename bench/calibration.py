@@ -361,7 +361,7 @@ def source_commit() -> str | None:
 
 
 def thresholds_record(
-    result: Result, match_far: float, command: str, when: datetime
+    result: Result, match_far: float, command: str, when: datetime, commit: str | None
 ) -> dict[str, Any]:
     """The manifest's ``thresholds`` from one recognizer's result."""
     calibration, check = result.calibration, result.check
@@ -377,7 +377,7 @@ def thresholds_record(
         "calibration": {
             "command": command,
             "date": when.strftime("%Y-%m-%d %H:%M UTC"),
-            "commit": source_commit(),
+            "commit": commit,
             "data": (
                 f"LFW View 2: the {len(result.lfw.images):,} images of the "
                 f"{result.accuracy['pairs']:,} pairs of lfw/pairs.txt, "
@@ -502,7 +502,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> list[Result]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    started = datetime.now(UTC)
+    started, commit = datetime.now(UTC), source_commit()  # the code that runs: at the start
     machine = machine_description()
     print_machine(machine)
     with tempfile.TemporaryDirectory(prefix="bench-calibration-") as scratch:
@@ -539,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
             if path is None:
                 continue
             far = args.far or match_far_of(result.contender, DEFAULT_MATCH_FAR)
-            thresholds = thresholds_record(result, far, command, started)
+            thresholds = thresholds_record(result, far, command, started, commit)
             write_manifest(path, thresholds, result.service.recognizer_id)
     if args.json_out:
         write_json(
