@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import mimetypes
 import os
-import tempfile
 import time
-import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,141 +28,30 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from app.config import Settings
-from app.core.types import FloatArray
-from app.main import create_app
-from bench.calibration import Calibration, calibrate
+from bench.calibration import Contender, Result, measure, print_result, result_json
 from bench.common import (
     add_model_arguments,
-    format_table,
     machine_description,
     model_overrides,
     print_machine,
     read_celeba,
     write_json,
 )
-from bench.lfw import Pair, read_pairs, ten_fold_accuracy
+from bench.service import Service, checked_json, largest_face, open_services, upload
+from training.evaluation import (
+    HELD_OUT_FOLDS,
+    lfw_pair_scores,
+    read_lfw_pairs,
+    select_pairs,
+    ten_fold_accuracy,
+)
 
 # Photos enrolled per CelebA identity (the first ones by path); the rest are probes.
 ENROLL_PER_IDENTITY = 3
-# Similarity given to an LFW pair when either image has no detected face: below any
-# threshold, so a same pair is always wrong (a different pair is then right).
-MISSING_SCORE = -1.0
-HTTP_TIMEOUT_S = 300.0
-TOP_IMPOSTORS_SHOWN = 5
 MISSES_SHOWN = 10
 
 
-class ServiceError(RuntimeError):
-    """The service answered a benchmark request with an unexpected status."""
-
-
-# --- HTTP -------------------------------------------------------------------------
-
-
-@contextmanager
-def open_client(args: argparse.Namespace) -> Iterator[httpx.Client]:
-    """A client for ``--url``, or for the app built in-process on a throw-away gallery."""
-    if args.url:
-        if model_overrides(args):
-            print("note: --detector/--recognizer are ignored with --url (the server decides)")
-        headers = {"X-API-Key": args.api_key} if args.api_key else None
-        with httpx.Client(base_url=args.url, timeout=HTTP_TIMEOUT_S, headers=headers) as client:
-            yield client
-        return
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-        from fastapi.testclient import TestClient
-    with tempfile.TemporaryDirectory(prefix="facerec-bench-") as data_dir:
-        base = Settings(
-            models_dir=args.models_dir, data_dir=Path(data_dir), log_level="WARNING", auth=False
-        )
-        settings = base.model_copy(update=model_overrides(args))
-        with TestClient(create_app(settings)) as client:
-            yield client
-
-
-def upload(path: Path) -> tuple[str, bytes, str]:
-    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return path.name, path.read_bytes(), content_type
-
-
-def checked_json(response: httpx.Response) -> Any:
-    if response.is_success:
-        return response.json()
-    raise ServiceError(
-        f"{response.request.method} {response.request.url.path}: HTTP {response.status_code} "
-        f"{response.text[:500]}"
-    )
-
-
-def bbox_area(face: dict[str, Any]) -> float:
-    x1, y1, x2, y2 = face["bbox"]
-    return float(max(x2 - x1, 0.0) * max(y2 - y1, 0.0))
-
-
-def largest_face(faces: list[dict[str, Any]]) -> dict[str, Any] | None:
-    return max(faces, key=bbox_area, default=None)
-
-
 # --- LFW verification -------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LfwEmbeddings:
-    images: list[str]  # paths relative to lfw/images
-    embeddings: FloatArray  # (n, dim); rows of images without a face are zero
-    found: NDArray[np.bool_]  # (n,) a face was detected
-    seconds: float
-
-
-def select_pairs(pairs: list[Pair], limit: int | None) -> list[Pair]:
-    """All pairs, or about ``limit`` taken evenly from every fold, same and different alike.
-
-    pairs.txt lists each fold's same pairs before its different ones, so its first
-    N lines would be one fold of one kind; an even selection keeps a quick run on
-    the 10-fold protocol.
-    """
-    if limit is None or limit >= len(pairs):
-        return pairs
-    folds = sorted({pair.fold for pair in pairs})
-    per_group = max(1, limit // (2 * len(folds)))
-    return [
-        pair
-        for fold in folds
-        for same in (True, False)
-        for pair in [p for p in pairs if p.fold == fold and p.same is same][:per_group]
-    ]
-
-
-def embed_largest_faces(client: httpx.Client, images_dir: Path, images: list[str]) -> LfwEmbeddings:
-    """POST /embed for every image; keep the embedding of its largest face."""
-    rows: list[list[float] | None] = []
-    start = time.perf_counter()
-    for name in tqdm(images, desc="LFW /embed", unit="img", mininterval=2.0):
-        body = checked_json(client.post("/embed", files={"image": upload(images_dir / name)}))
-        face = largest_face(body["faces"])
-        rows.append(face["embedding"] if face else None)
-    seconds = time.perf_counter() - start
-    dim = next((len(row) for row in rows if row is not None), 1)
-    embeddings = np.zeros((len(rows), dim), dtype=np.float32)
-    for index, row in enumerate(rows):
-        if row is not None:
-            embeddings[index] = row
-    found = np.array([row is not None for row in rows], dtype=np.bool_)
-    return LfwEmbeddings(images=images, embeddings=embeddings, found=found, seconds=seconds)
-
-
-def pair_scores(
-    pairs: Sequence[Pair], lfw: LfwEmbeddings
-) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-    """Dot-product similarity of every pair, and which pairs lack a face on either side."""
-    index = {name: position for position, name in enumerate(lfw.images)}
-    first = np.array([index[pair.first] for pair in pairs])
-    second = np.array([index[pair.second] for pair in pairs])
-    scores = np.einsum("ij,ij->i", lfw.embeddings[first], lfw.embeddings[second])
-    missing = ~(lfw.found[first] & lfw.found[second])
-    return np.where(missing, MISSING_SCORE, scores).astype(np.float64), missing
 
 
 def strict_accuracy(
@@ -183,6 +68,22 @@ def strict_accuracy(
         correct = ((scores[test] >= threshold) == same[test]) & ~missing[test]
         accuracies.append(float(np.mean(correct)))
     return float(np.mean(accuracies))
+
+
+def run_lfw(service: Service, data_root: Path, limit: int | None) -> tuple[Result, float]:
+    """LFW 10-fold accuracy and the threshold calibration (bench.calibration), and the
+    accuracy with every pair missing a face counted wrong."""
+    (result,) = measure(
+        [service], [Contender(service.label, None, None)], data_root, limit, HELD_OUT_FOLDS
+    )
+    print_result(result)
+    pairs = select_pairs(read_lfw_pairs(data_root / "lfw" / "pairs.txt"), limit)
+    scores, same, folds, missing = lfw_pair_scores(pairs, result.lfw.as_mapping())
+    thresholds = ten_fold_accuracy(scores, same, folds).thresholds
+    strict = strict_accuracy(scores, same, folds, missing, thresholds)
+    if missing.any():
+        print(f"counting every pair that lacks a face wrong: {strict * 100:.2f}%")
+    return result, strict
 
 
 # --- CelebA identification ------------------------------------------------------------
@@ -307,61 +208,6 @@ def delete_subjects(client: httpx.Client, collection: str, subjects: Sequence[st
 # --- reporting ------------------------------------------------------------------------
 
 
-def print_lfw(summary: dict[str, Any]) -> None:
-    print(
-        f"\nLFW: {summary['pairs']} pairs, {summary['images']} images "
-        f"({summary['images_without_face']} without a face, "
-        f"{summary['pairs_missing_face']} pairs affected), "
-        f"{summary['images_per_s']:.1f} images/s through /embed"
-    )
-    print(
-        f"10-fold accuracy: {summary['accuracy'] * 100:.2f}% ± {summary['accuracy_std'] * 100:.2f}"
-        f"  (best-threshold mean {np.mean(summary['fold_thresholds']):.3f})"
-    )
-    if summary["pairs_missing_face"]:
-        print(
-            f"  missing faces scored {MISSING_SCORE}; counting all those pairs wrong: "
-            f"{summary['strict_accuracy'] * 100:.2f}%"
-        )
-
-
-def print_calibration(calibration: Calibration, images: Sequence[str]) -> None:
-    print(
-        f"\nThreshold calibration on LFW: {calibration.images} images with a face, "
-        f"{calibration.impostor_pairs:,} different-identity pairs, "
-        f"{calibration.genuine_pairs:,} same-identity pairs "
-        f"({calibration.genuine_pairs_missing_face} missing a face, counted rejected)"
-    )
-    rows = [
-        (
-            f"{p.far_target:.0e}" if p.far_target is not None else "service",
-            f"{p.threshold:.4f}",
-            f"{p.false_accepts:,}",
-            f"{p.far:.2e}",
-            f"{p.tar * 100:.2f}%",
-        )
-        for p in [*calibration.points, calibration.service]
-    ]
-    print(format_table(("FAR target", "threshold", "false accepts", "FAR", "TAR"), rows))
-    unresolved = [
-        p.far_target
-        for p in calibration.points
-        if p.far_target is not None and p.far_target * calibration.impostor_pairs < 1
-    ]
-    if unresolved:
-        print(
-            f"note: FAR {', '.join(f'{far:.0e}' for far in unresolved)} is below one pair in "
-            f"{calibration.impostor_pairs:,}: the threshold only clears every impostor pair seen"
-        )
-    print(
-        "thresholds are exact float32 values (accept similarity >= threshold); round them up, "
-        "not to nearest, when copying them into a manifest"
-    )
-    print("most similar different-identity pairs (they set the threshold at the smallest FARs):")
-    for first, second, similarity in calibration.top_impostors[:TOP_IMPOSTORS_SHOWN]:
-        print(f"  {similarity:.4f}  {images[first]}  {images[second]}")
-
-
 def print_celeba(result: CelebaResult) -> None:
     print(
         f"\nCelebA: {result.identities} identities, first {ENROLL_PER_IDENTITY} photos enrolled "
@@ -390,14 +236,16 @@ def print_summary(results: dict[str, Any]) -> None:
     if "lfw" in results:
         lfw = results["lfw"]
         print(
-            f"LFW 10-fold accuracy   {lfw['accuracy'] * 100:.2f}% ± {lfw['accuracy_std'] * 100:.2f}"
-            f"  (images without a face: {lfw['images_without_face']}; "
-            f"{lfw['images_per_s']:.1f} images/s via /embed)"
+            f"LFW 10-fold accuracy   {lfw['lfw']['accuracy'] * 100:.2f}% ± "
+            f"{lfw['lfw']['std'] * 100:.2f}  (images without a face: "
+            f"{lfw['calibration']['images_without_face']}; "
+            f"{lfw['images'] / max(lfw['seconds'], 1e-9):.1f} images/s via /embed)"
         )
-        for point in results["calibration"]["points"]:
+        for key, point in lfw["calibration"]["in_sample"].items():
+            held = lfw["calibration"]["held_out"][key]
             print(
-                f"threshold @ FAR {point['far_target']:.0e}  {point['threshold']:.4f}"
-                f"  TAR {point['tar'] * 100:.2f}%"
+                f"threshold @ FAR {key:<5} {point['threshold']:.4f}  TAR {point['tar'] * 100:.2f}%"
+                f"  held-out FAR {held['far']:.1e}, TAR {held['tar'] * 100:.2f}%"
             )
     if "celeba" in results:
         celeba = results["celeba"]
@@ -415,38 +263,6 @@ def print_summary(results: dict[str, Any]) -> None:
 
 
 # --- main -----------------------------------------------------------------------------
-
-
-def run_lfw(
-    client: httpx.Client, lfw_dir: Path, limit: int | None, service_threshold: float
-) -> tuple[dict[str, Any], Calibration]:
-    pairs = select_pairs(read_pairs(lfw_dir / "pairs.txt"), limit)
-    images = sorted({name for pair in pairs for name in (pair.first, pair.second)})
-    lfw = embed_largest_faces(client, lfw_dir / "images", images)
-    scores, missing = pair_scores(pairs, lfw)
-    same = np.array([pair.same for pair in pairs], dtype=np.bool_)
-    folds = np.array([pair.fold for pair in pairs], dtype=np.int64)
-    if np.unique(folds).size < 2:
-        raise SystemExit("--lfw-limit too small: the 10-fold protocol needs pairs from 2 folds")
-    mean, std, thresholds = ten_fold_accuracy(scores, same, folds)
-    summary = {
-        "pairs": len(pairs),
-        "images": len(images),
-        "images_without_face": int(np.count_nonzero(~lfw.found)),
-        "images_without_face_list": [n for n, ok in zip(images, lfw.found, strict=True) if not ok],
-        "pairs_missing_face": int(np.count_nonzero(missing)),
-        "accuracy": mean,
-        "accuracy_std": std,
-        "strict_accuracy": strict_accuracy(scores, same, folds, missing, thresholds),
-        "fold_thresholds": thresholds,
-        "seconds": lfw.seconds,
-        "images_per_s": len(images) / lfw.seconds,
-    }
-    print_lfw(summary)
-    identities = [name.split("/")[0] for name in images]  # LFW: the folder is the person
-    calibration = calibrate(lfw.embeddings, lfw.found, identities, service_threshold)
-    print_calibration(calibration, images)
-    return summary, calibration
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -473,33 +289,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     machine = machine_description()
     print_machine(machine)
     results: dict[str, Any] = {"machine": machine, "url": args.url}
-    with open_client(args) as client:
-        ready = checked_json(client.get("/ready"))
-        service_threshold = float(ready["threshold"])
+    if args.url and model_overrides(args):
+        print("note: --detector/--recognizer are ignored with --url (the server decides)")
+    with open_services(
+        url=args.url,
+        api_key=args.api_key,
+        models_dir=args.models_dir,
+        detector=args.detector,
+        recognizers=[("in-process", args.recognizer)],
+    ) as (service,):
         results["models"] = {
-            "detector": ready["detector"]["model_id"],
-            "recognizer": ready["recognizer"]["model_id"],
-            "service_threshold": service_threshold,
+            "detector": service.detector_id,
+            "recognizer": service.recognizer_id,
+            "service_threshold": service.threshold,
         }
         print(
             f"service: {'in-process' if not args.url else args.url}, detector "
-            f"{ready['detector']['model_id']}, recognizer {ready['recognizer']['model_id']}, "
-            f"threshold {service_threshold:.3f}"
+            f"{service.detector_id}, recognizer {service.recognizer_id}, "
+            f"threshold {service.threshold:.3f}"
         )
         if not args.skip_lfw:
-            lfw, calibration = run_lfw(
-                client, args.data_root / "lfw", args.lfw_limit, service_threshold
-            )
-            results["lfw"] = lfw
-            results["calibration"] = asdict(calibration)
+            lfw, strict = run_lfw(service, args.data_root, args.lfw_limit)
+            results["lfw"] = {**result_json(lfw), "strict_accuracy": strict}
         if not args.skip_celeba:
             collection = f"bench-celeba-{int(time.time())}"
-            celeba = run_celeba(client, args.data_root / "celeba", collection, service_threshold)
+            celeba = run_celeba(
+                service.client, args.data_root / "celeba", collection, service.threshold
+            )
             print_celeba(celeba)
             results["celeba"] = {**asdict(celeba), "rank1": celeba.rank1}
             if args.url:  # leave a shared server's gallery as we found it
                 identities = {row.identity for row in read_celeba(args.data_root / "celeba")}
-                delete_subjects(client, collection, sorted(identities))
+                delete_subjects(service.client, collection, sorted(identities))
     results["machine_after"] = machine_description()
     print_summary(results)
     if args.json_out:

@@ -20,6 +20,8 @@ from tests.pgserver import INSTALL_HINT, PostgresServer, missing_pieces, reap_or
 from tests.serving import Server, StartServer, server_environment
 
 REPO = Path(__file__).resolve().parent.parent
+# Skips are listed at the end; in CI, one not in tests/allowed_skips.toml fails the run.
+pytest_plugins = ["tests.skips"]
 
 
 def _folder(variable: str, default: Path) -> Path:

@@ -121,12 +121,8 @@ def test_models_list_shows_every_catalog_model_and_that_its_file_is_missing(
     assert "packs: buffalo_l, buffalo_s" in result.stdout
 
 
-def test_models_list_marks_the_shared_files_verified() -> None:
-    shared = os.environ.get("FACEREC_MODELS_DIR")
-    if not shared or not (Path(shared) / "scrfd_500m.onnx").is_file():
-        pytest.skip("FACEREC_MODELS_DIR does not hold the shared models")
-
-    result = run_cli("models", "list", env={"FACEREC_MODELS_DIR": shared})
+def test_models_list_marks_the_shared_files_verified(models_dir: Path) -> None:
+    result = run_cli("models", "list", env={"FACEREC_MODELS_DIR": str(models_dir)})
 
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.strip()}

@@ -58,14 +58,13 @@ from training.engine import (
     available_cores,
     resolve_device,
 )
-from training.evaluate import (
+from training.evaluate import embed_faces, plot_roc
+from training.evaluation import (
     LfwPair,
     ProtocolResult,
     all_pair_scores,
-    embed_faces,
     lfw_accuracy,
     manifest_thresholds,
-    plot_roc,
     read_lfw_pairs,
     validation_protocol,
 )

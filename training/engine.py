@@ -50,13 +50,8 @@ from app.core.types import FloatArray
 from app.inference.arcface import l2_normalize
 from training.config import AugmentConfig, FinetuneConfig, OptimConfig
 from training.data import FaceDataset, FaceSet, augment_face, faces_to_tensor
-from training.evaluate import (
-    ProtocolResult,
-    embed_faces,
-    far_key,
-    headline_metric,
-    validation_protocol,
-)
+from training.evaluate import embed_faces
+from training.evaluation import ProtocolResult, headline_metric, validation_protocol
 from training.heads import MarginHead, build_head
 
 logger = logging.getLogger(__name__)
@@ -886,7 +881,7 @@ def flatten_protocol(result: ProtocolResult) -> dict[str, float]:
     row: dict[str, float] = {}
     for name, verification in result.verification.items():
         for point in verification.points:
-            row[f"{name}_tar@{far_key(point.far_target)}"] = point.tar
+            row[f"{name}_tar@{point.label}"] = point.tar
     for name, value in result.rank1.items():
         row[f"rank1_{name}"] = value
     return row

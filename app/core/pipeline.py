@@ -76,10 +76,14 @@ class FacePipeline:
         self.max_faces = max_faces
         self.observer: StageObserver = observer or _NoObserver()
 
-    def detect(self, image: ImageArray) -> list[Detection]:
+    def detect(self, image: ImageArray, *, capped: bool = True) -> list[Detection]:
+        """The photo's faces; ``capped``: only the ``max_faces`` largest (what is embedded).
+        Uncapped is for decisions about the whole photo, such as "one person only"."""
         started = time.perf_counter()
         detections = self.detector.detect(image)
         self.observer.stage_finished("detect", time.perf_counter() - started)
+        if not capped:
+            return detections
         kept = keep_largest(detections, self.max_faces)
         if len(kept) < len(detections):
             self.observer.faces_dropped(len(detections) - len(kept))

@@ -228,7 +228,10 @@ class FaceService:
         """The face one enrollment photo contributes, or why it contributes none."""
         try:
             image = self.decode(data)
-            face = select_enrollment_face(self.pipeline.detect(image.pixels), policy, self.gate)
+            # Every face counts for the policy: "single" refuses a group photo even
+            # when max_faces_per_image would embed only its largest face.
+            detections = self.pipeline.detect(image.pixels, capped=False)
+            face = select_enrollment_face(detections, policy, self.gate)
             (embedded,) = self.pipeline.embed(image.pixels, [face])
             return self.gated_face(name, image.sha256, embedded)
         except FaceRecError as error:

@@ -60,12 +60,63 @@ class RecognizerInput(_Frozen):
     max_batch: int = Field(32, ge=1)
 
 
+class MeasuredPoint(_Frozen):
+    threshold: float
+    far: float
+    tar: float
+
+
+class HeldOutPoint(_Frozen):
+    far: float  # pooled over the folds
+    fold_fars: list[float]
+    tar: float
+
+
+class HeldOutEstimate(_Frozen):
+    folds: int = Field(ge=2)
+    split: str
+    points: dict[str, HeldOutPoint]
+
+
+class CalibrationCheck(_Frozen):
+    """Thresholds of a small fixed sample (the first pairs of each LFW fold): recomputing
+    them tells whether the thresholds above still describe the pipeline (tests/bench)."""
+
+    lfw_limit: int = Field(gt=0)
+    images: int
+    impostor_pairs: int
+    by_far: dict[str, float]
+
+
+class CalibrationRecord(_Frozen):
+    """How ``thresholds`` were measured: the committed command that regenerates them, the
+    data, the pipeline, and in-sample and held-out figures at each FAR of ``by_far``."""
+
+    command: str
+    date: str
+    commit: str | None = None
+    data: str
+    detector: str  # model ids the service reported (/ready)
+    recognizer: str
+    images: int
+    images_without_face: int
+    impostor_pairs: int
+    genuine_pairs: int
+    lfw_accuracy: float | None = None
+    in_sample: dict[str, MeasuredPoint]
+    held_out: HeldOutEstimate
+    check: CalibrationCheck
+    note: str | None = None
+
+
 class Thresholds(_Frozen):
     """Similarity thresholds (cosine of L2-normalised embeddings)."""
 
     match: float = Field(ge=-1, le=1)
     far: float | None = Field(None, description="false-accept rate `match` was chosen for")
-    calibration: str | None = Field(None, description="how and on what data it was measured")
+    calibration: CalibrationRecord | str | None = Field(
+        None, description="how and on what data it was measured (a record, or prose)"
+    )
     by_far: dict[str, float] = Field(default_factory=dict)
 
 

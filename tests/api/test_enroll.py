@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -332,3 +334,101 @@ def test_c1_control_characters_are_invalid_in_names(
 
     assert response.status_code == 422, response.text
     assert response.json()["code"] == "invalid_request"
+
+
+# --- every photo unusable, the face cap, stored crops ------------------------------------------
+
+
+def test_an_enroll_where_every_photo_is_unusable_is_refused_listing_each_and_stores_nothing(
+    client: TestClient, collection: str, enroll: Enroll, photos: Path, grey_png: bytes
+) -> None:
+    response = enroll(
+        client,
+        collection,
+        "Nobody",
+        ("grey.png", grey_png),
+        ("junk.jpg", b"definitely not an image"),
+        photos / COUPLE,
+        face_policy="single",
+    )
+
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["code"] == "no_face"  # the first photo's reason
+    assert [(r["image"], r["code"]) for r in body["details"]["rejected"]] == [
+        ("grey.png", "no_face"),
+        ("junk.jpg", "unsupported_media_type"),
+        (COUPLE, "multiple_faces"),
+    ]
+    assert all(r["message"] for r in body["details"]["rejected"])
+    assert subject_total(client, collection) == 0
+    missing = client.get("/subjects/Nobody", params={"collection": collection})
+    assert missing.status_code == 404
+    assert client.get("/ready").json()["collections"].get(collection, 0) == 0
+
+
+@pytest.fixture(scope="module")
+def one_face_client(build_client: ClientFactory) -> TestClient:
+    """An app that processes only the largest face of each photo."""
+    return build_client(max_faces_per_image=1)
+
+
+def test_the_single_policy_still_refuses_a_group_photo_when_only_one_face_is_processed(
+    one_face_client: TestClient, collection: str, enroll: Enroll, photos: Path
+) -> None:
+    """max_faces_per_image caps the faces embedded, not what `single` promises: a photo of
+    two people is not enrolled as one of them."""
+    response = enroll(one_face_client, collection, "Couple", photos / COUPLE, face_policy="single")
+
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "multiple_faces"
+    assert response.json()["details"]["faces"] == 2
+    assert subject_total(one_face_client, collection) == 0
+
+
+def test_the_face_cap_keeps_the_largest_face_for_embed_and_the_largest_policy(
+    one_face_client: TestClient, client: TestClient, collection: str, enroll: Enroll, photos: Path
+) -> None:
+    upload = {"image": (COUPLE, (photos / COUPLE).read_bytes())}
+    every = client.post("/embed", files=upload).json()["faces"]
+    largest = max(
+        every, key=lambda f: (f["bbox"][2] - f["bbox"][0]) * (f["bbox"][3] - f["bbox"][1])
+    )
+
+    (capped,) = one_face_client.post("/embed", files=upload).json()["faces"]
+    response = enroll(one_face_client, collection, "Couple", photos / COUPLE, face_policy="largest")
+
+    assert len(every) == 2
+    assert capped["bbox"] == pytest.approx(largest["bbox"], abs=1e-3)
+    assert response.status_code == 201, response.text
+    (face,) = response.json()["faces"]
+    assert face["bbox"] == pytest.approx(largest["bbox"], abs=1e-3)
+
+
+def stored_crops(client: TestClient) -> list[bytes | None]:
+    """The aligned crops the gallery stored, read straight from its SQLite file."""
+    data_dir = client.app.state.runtime.settings.data_dir  # type: ignore[attr-defined]
+    with closing(sqlite3.connect(f"file:{data_dir / 'gallery.sqlite3'}?mode=ro", uri=True)) as db:
+        return [row[0] for row in db.execute("SELECT aligned_png FROM faces ORDER BY face_id")]
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["crops-kept", "crops-off"])
+def test_store_aligned_crops_decides_whether_the_crop_is_kept(
+    build_client: ClientFactory, keep: bool, enroll: Enroll, lfw_photo: LfwPhoto
+) -> None:
+    app = build_client(store_aligned_crops=keep)
+    response = enroll(app, "default", "Rumsfeld", lfw_photo(*RUMSFELD))
+    assert response.status_code == 201, response.text
+
+    (crop,) = stored_crops(app)
+    if keep:
+        assert crop is not None
+        with Image.open(io.BytesIO(crop)) as image:
+            assert (image.format, image.size, image.mode) == ("PNG", (112, 112), "RGB")
+    else:
+        assert crop is None
+    probe = app.post(
+        "/identify", files={"image": ("p.jpg", lfw_photo(RUMSFELD[0], 51).read_bytes())}
+    )
+    (face,) = probe.json()["faces"]
+    assert face["match"]["subject"] == "Rumsfeld"  # recognition does not need the crop

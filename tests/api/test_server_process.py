@@ -19,6 +19,7 @@ from app.inference.catalog import resolve_manifest
 from app.main import create_app
 from tests import serving
 from tests.serving import REQUEST_TIMEOUT_S, STARTUP_TIMEOUT_S, StartServer, free_port
+from tests.workers import Workers
 
 if TYPE_CHECKING:
     from conftest import LfwPhoto
@@ -170,60 +171,125 @@ def test_concurrent_identify_requests_succeed_while_an_enroll_runs(
         assert response.status_code == 201, response.text
 
     identifiers = 6
-    start = threading.Barrier(identifiers + 1)
+    start = threading.Barrier(identifiers + 1, timeout=REQUEST_TIMEOUT_S)
     enroll_done = threading.Event()
-    matches: list[str | None] = []
-    answered_during_enroll: list[bool] = []
-    failures: list[str] = []
-    lock = threading.Lock()
 
-    def enroll_newcomer() -> None:
+    def enroll_newcomer() -> int:
+        """The newcomer's enrollment: its faces enrolled."""
         files = [upload(lfw_photo(new_person, number)) for number in (*new_photos, 145)]
-        with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:
-            start.wait()
-            response = http.post(
-                "/enroll",
-                params={"collection": COLLECTION},
-                data={"subject": newcomer},
-                files=files,
-            )
-        if response.status_code != 201 or len(response.json()["faces"]) != 3:
-            with lock:
-                failures.append(f"enroll: {response.status_code} {response.text}")
-        enroll_done.set()
+        try:
+            with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:
+                start.wait()
+                response = http.post(
+                    "/enroll",
+                    params={"collection": COLLECTION},
+                    data={"subject": newcomer},
+                    files=files,
+                )
+        finally:
+            enroll_done.set()  # the identify loops end even when this one fails
+        assert response.status_code == 201, response.text
+        return len(response.json()["faces"])
 
-    def identify_known() -> None:
+    def identify_known() -> list[tuple[str | None, bool]]:
+        """(matched subject, answered while the enroll ran) of each identify."""
         photo = lfw_photo(person, probe)
+        answers: list[tuple[str | None, bool]] = []
         with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:
             start.wait()
             for attempt in range(20):
                 if attempt >= 2 and enroll_done.is_set():
-                    return
+                    break
                 response = http.post(
                     "/identify",
                     params={"collection": COLLECTION},
                     files={"image": (photo.name, photo.read_bytes())},
                 )
-                with lock:
-                    if response.status_code != 200:
-                        failures.append(f"identify: {response.status_code} {response.text}")
-                        continue
-                    (face,) = response.json()["faces"]
-                    matches.append(face["match"]["subject"] if face["match"] else None)
-                    answered_during_enroll.append(not enroll_done.is_set())
+                during_enroll = not enroll_done.is_set()
+                assert response.status_code == 200, response.text
+                (face,) = response.json()["faces"]
+                answers.append((face["match"]["subject"] if face["match"] else None, during_enroll))
+        return answers
 
-    threads = [threading.Thread(target=enroll_newcomer)]
-    threads += [threading.Thread(target=identify_known) for _ in range(identifiers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    workers = Workers()
+    workers.start(enroll_newcomer)
+    for _ in range(identifiers):
+        workers.start(identify_known)
+    enrolled_faces, *identified = workers.join(timeout_s=2 * REQUEST_TIMEOUT_S)
 
-    assert not any(thread.is_alive() for thread in threads)
-    assert failures == []
-    assert len(matches) >= 2 * identifiers
-    assert any(answered_during_enroll), "no identify overlapped the enroll"
-    assert set(matches) == {known}
+    assert enrolled_faces == 3
+    answers = [answer for answers in identified for answer in answers]
+    assert all(len(answers) >= 2 for answers in identified)
+    assert any(during for _, during in answers), "no identify overlapped the enroll"
+    assert {match for match, _ in answers} == {known}
     with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:
         face = identify_one(http, lfw_photo(new_person, new_probe))
         assert face["match"]["subject"] == newcomer
+
+
+# --- one server per data folder -----------------------------------------------------------
+
+
+def test_a_second_server_on_the_same_data_folder_refuses_to_start_clearly(
+    start_server: StartServer, tmp_path: Path, models_dir: Path, lfw_photo: LfwPhoto
+) -> None:
+    data_dir = tmp_path / "gallery"
+    first = start_server(data_dir, auth="off")
+
+    second = subprocess.run(
+        serve_command(free_port()),
+        cwd=REPO,
+        env=server_environment(models_dir, data_dir),
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_TIMEOUT_S,
+        check=False,
+    )
+
+    assert second.returncode == 1
+    assert "Traceback" not in second.stderr
+    last_line = second.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("facerec: error: ")
+    assert "is already open" in last_line
+    assert f"pid {first.pid}" in last_line
+    # The first server never noticed: it still enrolls and answers.
+    with httpx.Client(base_url=first.url, timeout=REQUEST_TIMEOUT_S) as http:
+        response = http.post(
+            "/enroll",
+            params={"collection": COLLECTION},
+            data={"subject": "Rumsfeld"},
+            files=[upload(lfw_photo("Donald_Rumsfeld", 39))],
+        )
+        assert response.status_code == 201, response.text
+
+
+# --- the fast recognizer profile -------------------------------------------------------------
+
+
+def test_the_fast_recognizer_profile_is_served_with_its_own_threshold(
+    start_server: StartServer, tmp_path: Path, lfw_photo: LfwPhoto
+) -> None:
+    fast, _ = resolve_manifest("w600k_mbf_int8_fast")
+    default, _ = resolve_manifest("w600k_mbf_int8")
+    assert fast.thresholds is not None
+    assert default.thresholds is not None
+    assert not fast.augment.flip
+    server = start_server(tmp_path / "gallery", auth="off", recognizer="w600k_mbf_int8_fast")
+
+    with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:
+        ready = http.get("/ready").json()
+        assert ready["recognizer"]["model_id"] == fast.model_id != default.model_id
+        assert ready["threshold"] == pytest.approx(fast.thresholds.match)
+        for subject, person, enrolled, _ in PEOPLE:
+            response = http.post(
+                "/enroll",
+                params={"collection": COLLECTION},
+                data={"subject": subject},
+                files=[upload(lfw_photo(person, number)) for number in enrolled],
+            )
+            assert response.status_code == 201, response.text
+        for subject, person, _, probe in PEOPLE:
+            face = identify_one(http, lfw_photo(person, probe))
+            assert face["match"] is not None, f"{subject} not identified by the fast profile"
+            assert face["match"]["subject"] == subject
+            assert face["match"]["similarity"] >= fast.thresholds.match

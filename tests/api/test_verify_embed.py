@@ -137,6 +137,91 @@ def test_a_subject_of_another_collection_is_not_found(
     assert response.json()["code"] == "subject_not_found"
 
 
+# --- several faces ----------------------------------------------------------------------------
+
+GROUP = "face_recognition_obama_and_biden.jpg"  # 3 faces
+
+
+def embeddings_of(client: TestClient, photo: Path) -> list[dict[str, Any]]:
+    response = client.post("/embed", files={"image": file_of(photo)})
+    assert response.status_code == 200, response.text
+    return list(response.json()["faces"])
+
+
+def largest(faces: list[dict[str, Any]]) -> np.ndarray:
+    face = max(faces, key=lambda f: (f["bbox"][2] - f["bbox"][0]) * (f["bbox"][3] - f["bbox"][1]))
+    return np.array(face["embedding"])
+
+
+def test_verify_compares_the_largest_face_of_each_photo_with_several_faces(
+    client: TestClient, photos: Path, lfw_photo: LfwPhoto
+) -> None:
+    group, single = photos / GROUP, lfw_photo(RUMSFELD, 39)
+    faces = embeddings_of(client, group)
+    assert len(faces) == 3
+    expected = float(largest(faces) @ largest(embeddings_of(client, single)))
+    # The other faces of the group photo would give other similarities.
+    others = [
+        float(np.array(f["embedding"]) @ largest(embeddings_of(client, single))) for f in faces
+    ]
+    assert len({round(value, 4) for value in others}) == 3
+
+    forward = verify(client, image_a=group, image_b=single)
+    backward = verify(client, image_a=single, image_b=group)
+
+    assert forward.status_code == backward.status_code == 200
+    assert forward.json()["similarity"] == pytest.approx(expected, abs=1e-5)
+    assert backward.json()["similarity"] == pytest.approx(expected, abs=1e-5)
+    assert verify(client, image_a=group, image_b=group).json()["similarity"] == pytest.approx(
+        1.0, abs=1e-5
+    )
+
+
+@pytest.fixture(scope="module")
+def rumsfeld_twice(client: TestClient, enroll: Enroll, lfw_photo: LfwPhoto) -> str:
+    """A collection with Rumsfeld enrolled from two photos (two faces of one subject)."""
+    collection = f"verify{uuid.uuid4().hex[:8]}"
+    response = enroll(
+        client, collection, "Rumsfeld", lfw_photo(RUMSFELD, 39), lfw_photo(RUMSFELD, 60)
+    )
+    assert response.status_code == 201, response.text
+    assert len(response.json()["faces"]) == 2
+    return collection
+
+
+def test_verify_against_a_subject_with_several_faces_uses_the_closest(
+    client: TestClient, rumsfeld_twice: str, lfw_photo: LfwPhoto
+) -> None:
+    probe = largest(embeddings_of(client, lfw_photo(RUMSFELD, 51)))
+    per_face = [
+        float(probe @ largest(embeddings_of(client, lfw_photo(RUMSFELD, number))))
+        for number in (39, 60)
+    ]
+    assert abs(per_face[0] - per_face[1]) > 1e-3  # the two enrolled faces really differ
+
+    response = verify(client, rumsfeld_twice, image=lfw_photo(RUMSFELD, 51), subject="Rumsfeld")
+
+    assert response.status_code == 200, response.text
+    assert response.json()["similarity"] == pytest.approx(max(per_face), abs=1e-5)
+    assert response.json()["match"] is True
+
+
+def test_verify_a_group_photo_against_a_subject_uses_its_largest_face(
+    client: TestClient, rumsfeld_twice: str, photos: Path, lfw_photo: LfwPhoto
+) -> None:
+    group = largest(embeddings_of(client, photos / GROUP))
+    expected = max(
+        float(group @ largest(embeddings_of(client, lfw_photo(RUMSFELD, number))))
+        for number in (39, 60)
+    )
+
+    response = verify(client, rumsfeld_twice, image=photos / GROUP, subject="Rumsfeld")
+
+    assert response.status_code == 200, response.text
+    assert response.json()["similarity"] == pytest.approx(expected, abs=1e-5)
+    assert response.json()["match"] is False  # Rumsfeld is not in the photo
+
+
 @pytest.mark.parametrize(
     "fields",
     [

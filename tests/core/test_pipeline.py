@@ -61,6 +61,23 @@ def test_embed_aligns_every_detection_and_embeds_them_in_one_batch_in_order() ->
     assert [int(np.argmax(face.embedding)) for face in faces] == [0, 1, 2]
 
 
+def test_detect_caps_at_max_faces_keeping_the_largest_unless_asked_for_every_face() -> None:
+    small, large, medium = detection(0), detection(40), detection(80)
+    large = Detection(bbox=(40.0, 0.0, 80.0, 60.0), score=0.9, landmarks=large.landmarks)
+    medium = Detection(bbox=(80.0, 0.0, 100.0, 40.0), score=0.9, landmarks=medium.landmarks)
+    pipeline = FacePipeline(
+        FixedDetector([small, large, medium]),
+        RecordingEmbedder(),
+        x_of_landmarks_aligner,
+        max_faces=2,
+    )
+    image = np.zeros((100, 120, 3), np.uint8)
+
+    assert pipeline.detect(image) == [large, medium]  # the 2 largest, in detection order
+    assert pipeline.detect(image, capped=False) == [small, large, medium]
+    assert len(pipeline.analyze(image)) == 2
+
+
 def test_no_detections_never_run_the_embedder() -> None:
     embedder = RecordingEmbedder()
     pipeline = FacePipeline(FixedDetector([]), embedder, x_of_landmarks_aligner)

@@ -20,6 +20,7 @@ from app.errors import GalleryUnavailable
 from app.gallery.embedded import EmbeddedGallery as Gallery
 from app.gallery.embedded import index as index_module
 from app.gallery.embedded.schema import DB_FILENAME, SCHEMA_VERSION
+from tests.workers import Workers
 
 UnitVectors = Callable[[int], FloatArray]
 MakeFace = Callable[..., NewFace]
@@ -102,11 +103,11 @@ def test_searches_do_not_wait_for_a_write_in_progress(
         gallery.stats()
         finished.set()
 
+    workers = Workers()
     with gallery._db_lock:  # what a write holds during its SQLite transaction
-        thread = threading.Thread(target=search)
-        thread.start()
+        workers.start(search)
         assert finished.wait(TIMEOUT_S)
-    thread.join(TIMEOUT_S)
+    workers.join(TIMEOUT_S)
 
 
 # --- files at rest ------------------------------------------------------------------------

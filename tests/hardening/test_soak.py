@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from tests.hardening.people import Person, lfw_people
+from tests.workers import Workers
 
 if TYPE_CHECKING:
     from tests.serving import Server, StartServer
@@ -200,13 +200,11 @@ def test_mixed_concurrent_traffic_keeps_the_service_correct(
         for i in range(CLIENTS)
     ]
     deadline = time.monotonic() + SOAK_SECONDS
-    threads = [threading.Thread(target=c.run, args=(server, deadline)) for c in clients]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=SOAK_SECONDS + 300)
+    workers = Workers()
+    for client in clients:
+        workers.start(client.run, server, deadline)
+    workers.join(timeout_s=SOAK_SECONDS + 300)  # any client raising or stuck fails here
 
-    assert not any(thread.is_alive() for thread in threads), "a client is stuck"
     assert [failure for client in clients for failure in client.failures] == []
     assert server.alive()
     totals = sum((client.counts for client in clients), Counter())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -84,14 +83,10 @@ def test_buffalo_s_detector_is_the_same_file_as_the_shared_scrfd_500m() -> None:
 
 
 @pytest.mark.parametrize("name", SHARED_FILE_MANIFESTS)
-def test_shipped_manifest_matches_the_shared_model_file(name: str) -> None:
-    models_dir = os.environ.get("FACEREC_MODELS_DIR")
-    if not models_dir:
-        pytest.skip("FACEREC_MODELS_DIR is not set")
+def test_shipped_manifest_matches_the_shared_model_file(name: str, models_dir: Path) -> None:
     manifest, _ = resolve_manifest(name)
-    path = Path(models_dir) / manifest.file
-    if not path.is_file():
-        pytest.skip(f"{path} is not in FACEREC_MODELS_DIR")
+    path = models_dir / manifest.file
+    assert path.is_file(), f"{path} is missing from the shared models"
 
     assert file_sha256(path) == manifest.sha256
 

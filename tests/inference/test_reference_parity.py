@@ -184,7 +184,10 @@ def recognizer(models_dir: Path) -> LoadedModel:
 def dequantized_reference(
     recognizer: LoadedModel, tmp_path_factory: pytest.TempPathFactory
 ) -> ArcFaceONNX:
-    """InsightFace's recognizer on the FP32 graph our default manifest runs."""
+    """InsightFace's recognizer on the FP32 graph our default manifest runs: our own
+    import, so the end-to-end test below checks detection, alignment, preprocessing and
+    flip-sum around the network, not the dequantisation itself (an error in the imported
+    weights is in both). tests/inference/test_dequantization.py checks that independently."""
     path = tmp_path_factory.mktemp("dequantized") / "w600k_mbf_dequantized.onnx"
     path.write_bytes(
         import_model(recognizer.path.read_bytes(), dequantize=True, fix_dynamic_shapes=True)

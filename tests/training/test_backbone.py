@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.dependencies import require
+
+torch = require("torch", "the [train] extra")
 
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402

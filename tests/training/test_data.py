@@ -11,7 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-torch = pytest.importorskip("torch")
+from tests.dependencies import require
+
+torch = require("torch", "the [train] extra")
 
 from app.config import Settings  # noqa: E402
 from app.main import create_app  # noqa: E402

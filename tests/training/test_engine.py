@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.dependencies import require
+
+torch = require("torch", "the [train] extra")
 
 from torch import fx, nn  # noqa: E402
 

@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.dependencies import require
+
+torch = require("torch", "the [train] extra")
 
 from training.heads import MarginHead, build_head, margin_target_logits  # noqa: E402
 

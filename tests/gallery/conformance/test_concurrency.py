@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from app.core.gallery import Gallery
 from app.core.types import FloatArray, NewFace
+from tests.workers import Workers
 
 UnitVectors = Callable[[int], FloatArray]
 MakeFace = Callable[..., NewFace]
@@ -26,17 +27,7 @@ def test_searches_during_adds_and_deletes_see_consistent_results(
     queries = unit_vectors(8)
     new_faces = [make_face() for _ in range(WRITES_PER_WRITER)]  # built here: rng is not shared
     writers_done = threading.Event()
-    errors: list[BaseException] = []
     searches = [0] * SEARCHERS
-
-    def guarded(work: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                work()
-            except BaseException as error:
-                errors.append(error)
-
-        return run
 
     def search(slot: int) -> Callable[[], None]:
         def loop() -> None:
@@ -60,17 +51,17 @@ def test_searches_during_adds_and_deletes_see_consistent_results(
             _, faces = gallery.get_subject("c", f"resident-{number + 10}")
             gallery.delete_face("c", faces[0].face_id)
 
-    workers = [threading.Thread(target=guarded(search(slot))) for slot in range(SEARCHERS)]
-    writers = [threading.Thread(target=guarded(work)) for work in (add, delete)]
-    for thread in workers + writers:
-        thread.start()
-    for thread in writers:
-        thread.join(TIMEOUT_S)
-    writers_done.set()
-    for thread in workers:
-        thread.join(TIMEOUT_S)
+    searchers, writers = Workers(), Workers()
+    for slot in range(SEARCHERS):
+        searchers.start(search(slot))
+    for work in (add, delete):
+        writers.start(work)
+    try:
+        writers.join(TIMEOUT_S)
+    finally:
+        writers_done.set()  # the searchers stop even when a writer failed
+        searchers.join(TIMEOUT_S)
 
-    assert errors == []
     assert all(count > 0 for count in searches)
     expected_faces = 20 * 2 - 10 * 2 - 10 + WRITES_PER_WRITER
     assert gallery.stats() == {"c": expected_faces}
@@ -85,19 +76,17 @@ def test_searches_during_adds_and_deletes_see_consistent_results(
 def test_concurrent_enrolments_of_one_image_store_it_once(
     gallery: Gallery, make_face: MakeFace
 ) -> None:
-    start = threading.Barrier(8)
-    created: list[bool] = []
+    start = threading.Barrier(8, timeout=TIMEOUT_S)
 
-    def enroll() -> None:
+    def enroll() -> bool:
         start.wait()
         [(_, was_created)] = gallery.add_faces("c", "alice", [make_face(image="same.jpg")])
-        created.append(was_created)
+        return was_created
 
-    threads = [threading.Thread(target=enroll) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(TIMEOUT_S)
+    workers = Workers()
+    for _ in range(8):
+        workers.start(enroll)
+    created = workers.join(TIMEOUT_S)
 
     assert sorted(created) == [False] * 7 + [True]
     assert gallery.total_faces() == 1
