@@ -39,9 +39,8 @@ LOAD_BATCH_SIZE = 8192
 
 @dataclass(frozen=True, slots=True)
 class Recovery:
-    """The indexes, and how they were obtained (logged, and used to plan a snapshot)."""
+    """How the indexes were obtained at open (logged, and used to plan a snapshot)."""
 
-    indexes: dict[str, CollectionIndex]
     from_snapshot: bool
     reason: str  # why no snapshot was used ("" when one was)
     caught_up: int  # faces added or removed after loading the snapshot
@@ -55,7 +54,7 @@ def recover_indexes(
     model_id: str,
     dim: int,
     policy: IndexPolicy,
-) -> Recovery:
+) -> tuple[dict[str, CollectionIndex], Recovery]:
     """The indexes of every collection. The caller holds the connection exclusively."""
     started = time.perf_counter()
     try:
@@ -66,12 +65,12 @@ def recover_indexes(
         logger.warning("index snapshot not used (%s); rebuilding from the database", exc)
         reason = str(exc)
     else:
-        return Recovery(indexes, True, "", caught_up, time.perf_counter() - started)
+        return indexes, Recovery(True, "", caught_up, time.perf_counter() - started)
     indexes = {
         collection: build_from_database(connection, collection, dim=dim, policy=policy)
         for collection in repository.collections(connection)
     }
-    return Recovery(indexes, False, reason, 0, time.perf_counter() - started)
+    return indexes, Recovery(False, reason, 0, time.perf_counter() - started)
 
 
 def build_from_database(

@@ -44,7 +44,7 @@ from app.errors import FaceNotFound, GalleryUnavailable, InvalidRequest, Subject
 from app.gallery.embedded import repository, snapshot
 from app.gallery.embedded.dirlock import DirectoryLock
 from app.gallery.embedded.index import CollectionIndex
-from app.gallery.embedded.recovery import build_from_database, recover_indexes
+from app.gallery.embedded.recovery import Recovery, build_from_database, recover_indexes
 from app.gallery.embedded.rwlock import ReadWriteLock
 from app.gallery.embedded.schema import DB_FILENAME, connect, ensure_schema
 from app.gallery.embedded.snapshotter import (
@@ -109,7 +109,7 @@ class EmbeddedGallery:
     def _recover(self) -> dict[str, CollectionIndex]:
         """The indexes at open, and the snapshot bookkeeping that follows from them."""
         try:
-            recovery = recover_indexes(
+            indexes, recovery = recover_indexes(
                 self._db,
                 self._snapshot_dir,
                 model_id=self._model_id,
@@ -120,6 +120,7 @@ class EmbeddedGallery:
             raise GalleryUnavailable(
                 f"The gallery holds a damaged embedding: {exc}", path=str(self._snapshot_dir)
             ) from exc
+        self.recovery: Recovery = recovery  # how this open obtained its indexes
         if recovery.from_snapshot:
             self._changes_since_snapshot = recovery.caught_up
             self._snapshot_stale = False
@@ -132,18 +133,24 @@ class EmbeddedGallery:
                 )
             self._changes_since_snapshot = 0
             self._snapshot_stale = True
-        faces = sum(index.face_count for index in recovery.indexes.values())
+        faces = sum(index.face_count for index in indexes.values())
         logger.info(
             "gallery opened in %.2f s: %d faces in %d collections, model %s, %s",
             recovery.seconds,
             faces,
-            len(recovery.indexes),
+            len(indexes),
             self._model_id,
             f"from the index snapshot + {recovery.caught_up} changes caught up"
             if recovery.from_snapshot
             else "indexes built from the database",
         )
-        return recovery.indexes
+        return indexes
+
+    def index_kinds(self) -> dict[str, str]:
+        """The structure searching each non-empty collection ("exact" or "hnsw")."""
+        with self._index_lock.read():
+            self._require_open()
+            return {name: index.kind.value for name, index in sorted(self._indexes.items())}
 
     @property
     def model_id(self) -> str:
