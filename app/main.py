@@ -26,7 +26,7 @@ from app.auth.guard import Guard
 from app.config import Settings
 from app.core.pipeline import FacePipeline
 from app.core.service import FaceService, QualityGate
-from app.gallery import open_gallery
+from app.gallery import Gallery, open_gallery
 from app.inference.align import align_face
 from app.inference.image import decode_image
 from app.inference.loader import LoadedModel, build_detector, build_embedder, load_model
@@ -60,7 +60,8 @@ class Runtime:
         self.service.gallery.close()
 
 
-def build_runtime(settings: Settings) -> Runtime:
+def load_models(settings: Settings) -> tuple[LoadedModel, LoadedModel]:
+    """The configured detector and recognizer, sessions sized from the settings."""
     threads = settings.resolved_intra_op_threads()
     options = RuntimeOptions(providers=tuple(settings.providers), intra_op_threads=threads)
     # FAISS searches run inside the same bounded workers as inference: give them
@@ -76,26 +77,25 @@ def build_runtime(settings: Settings) -> Runtime:
         )
         for ref, kind in ((settings.detector, "detector"), (settings.recognizer, "recognizer"))
     )
-    manifest = recognizer.manifest
-    # Invariants: the manifest validator requires both for recognizers.
-    assert manifest.embedding_dim is not None
-    assert manifest.thresholds is not None
+    return detector, recognizer
+
+
+def open_configured_gallery(settings: Settings, *, model_id: str, dim: int) -> Gallery:
+    """The gallery the settings point at, for embeddings of ``model_id`` (server and CLI)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    gallery = open_gallery(
-        data_dir=settings.data_dir, model_id=manifest.model_id, dim=manifest.embedding_dim
-    )
-    try:
-        guard = open_guard(
-            settings.data_dir,
-            enabled=settings.auth,
-            rate_per_s=settings.rate_limit_per_second,
-            burst=settings.rate_limit_burst,
-        )
-    except BaseException:
-        gallery.close()
-        raise
-    metrics = Metrics()
-    metrics.watch_gallery(gallery.stats)
+    return open_gallery(data_dir=settings.data_dir, model_id=model_id, dim=dim)
+
+
+def build_service(
+    settings: Settings,
+    detector: LoadedModel,
+    recognizer: LoadedModel,
+    gallery: Gallery,
+    metrics: Metrics,
+) -> FaceService:
+    """Enroll / identify / verify on the loaded models and the gallery (server and CLI)."""
+    manifest = recognizer.manifest
+    assert manifest.thresholds is not None  # the manifest validator requires it
     pipeline = FacePipeline(
         build_detector(detector),
         build_embedder(recognizer),
@@ -108,7 +108,7 @@ def build_runtime(settings: Settings) -> Runtime:
         if settings.match_threshold is not None
         else manifest.thresholds.match
     )
-    service = FaceService(
+    return FaceService(
         pipeline,
         gallery,
         timed(
@@ -126,6 +126,29 @@ def build_runtime(settings: Settings) -> Runtime:
         ),
         store_aligned_crops=settings.store_aligned_crops,
     )
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    detector, recognizer = load_models(settings)
+    manifest = recognizer.manifest
+    # Invariant: the manifest validator requires it for recognizers.
+    assert manifest.embedding_dim is not None
+    gallery = open_configured_gallery(
+        settings, model_id=manifest.model_id, dim=manifest.embedding_dim
+    )
+    try:
+        guard = open_guard(
+            settings.data_dir,
+            enabled=settings.auth,
+            rate_per_s=settings.rate_limit_per_second,
+            burst=settings.rate_limit_burst,
+        )
+    except BaseException:
+        gallery.close()
+        raise
+    metrics = Metrics()
+    metrics.watch_gallery(gallery.stats)
+    service = build_service(settings, detector, recognizer, gallery, metrics)
     return Runtime(
         service=service,
         detector=detector,

@@ -61,9 +61,7 @@ def shared_images(data_root: Path) -> list[LabelledImage]:
     # cfp/images/NNN/{frontal,profile}/NN.jpg: the identity is two folders up.
     images += [LabelledImage(path, f"cfp/{path.parent.parent.name}") for path in list_images(cfp)]
     celeba = data_root / "celeba"
-    images += [
-        LabelledImage(row.path, f"celeba/{row.identity}") for row in read_celeba(celeba)
-    ]
+    images += [LabelledImage(row.path, f"celeba/{row.identity}") for row in read_celeba(celeba)]
     return images
 
 

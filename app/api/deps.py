@@ -54,6 +54,17 @@ def validate_subject(subject: str) -> str:
     return name
 
 
+def validate_collection(collection: str) -> str:
+    """The rule ``CollectionParam`` applies to requests, for callers outside one (the CLI)."""
+    if not re.fullmatch(_COLLECTION, collection):
+        raise InvalidRequest(
+            f"collection {collection!r} must be 1 to 64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit",
+            field="collection",
+        )
+    return collection
+
+
 async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
     """Read an upload, refusing to hold more than ``max_bytes`` of it in memory."""
     data = await upload.read(max_bytes + 1)

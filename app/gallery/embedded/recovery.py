@@ -33,6 +33,7 @@ from app.gallery.embedded.vectors import IndexKind, IndexPolicy
 
 logger = logging.getLogger(__name__)
 
+NO_SNAPSHOT = "there is none"
 # Rows read per query when loading embeddings: bounds memory, not correctness.
 LOAD_BATCH_SIZE = 8192
 
@@ -62,8 +63,9 @@ def recover_indexes(
             connection, directory, model_id=model_id, dim=dim, policy=policy
         )
     except snapshot.SnapshotRejected as exc:
-        logger.warning("index snapshot not used (%s); rebuilding from the database", exc)
         reason = str(exc)
+        if reason != NO_SNAPSHOT:
+            logger.warning("index snapshot not used (%s); rebuilding from the database", exc)
     else:
         return indexes, Recovery(True, "", caught_up, time.perf_counter() - started)
     indexes = {
@@ -99,7 +101,7 @@ def _from_snapshot(
 ) -> tuple[dict[str, CollectionIndex], int]:
     manifest = snapshot.read_manifest(directory, model_id=model_id, dim=dim)
     if manifest is None:
-        raise snapshot.SnapshotRejected("there is none")
+        raise snapshot.SnapshotRejected(NO_SNAPSHOT)
     if not repository.snapshot_is_recorded(connection, manifest.token, manifest.marks):
         raise snapshot.SnapshotRejected(
             f"the database does not record snapshot {manifest.token} "
