@@ -39,9 +39,6 @@ IdArray = NDArray[np.int64]
 # widens by GROWTH until it has enough subjects or has seen every face.
 INITIAL_FACES_PER_SUBJECT = 4
 GROWTH = 4
-# Vectors copied at a time while compacting or changing structure: bounds the
-# extra memory (512-d: 32 MB) beside the two structures.
-RESTRUCTURE_CHUNK = 16_384
 
 
 def best_hit_per_subject(
@@ -231,24 +228,40 @@ class CollectionIndex:
         dead = self.position_count - self._live_faces
         return dead > 0 and dead >= self._policy.max_dead_fraction * self.position_count
 
-    def restructured(self) -> CollectionIndex:
-        """A new index of the live faces only, of the kind their number calls for.
+    # --- reads for a rebuild (``rebuild``) -------------------------------------------------
 
-        Reads this index without changing it: safe while searches run on it.
-        """
-        live_positions = np.flatnonzero(self._live.view)
-        kind = self._policy.kind_for(len(live_positions), self.kind)
-        fresh = CollectionIndex(self._dim, self._policy, kind)
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def policy(self) -> IndexPolicy:
+        return self._policy
+
+    def live_positions(self, start: int, stop: int) -> PositionArray:
+        """Live positions in ``[start, stop)``."""
+        found: PositionArray = start + np.flatnonzero(self._live.view[start:stop])
+        return found
+
+    def live_at(self, positions: PositionArray) -> NDArray[np.bool_]:
+        flags: NDArray[np.bool_] = self._live.view[positions]
+        return flags
+
+    def row_ids_at(self, positions: PositionArray) -> IdArray:
+        row_ids: IdArray = self._row_ids.view[positions]
+        return row_ids
+
+    def rows_at(
+        self, positions: PositionArray
+    ) -> tuple[list[int], FloatArray, list[str], list[str]]:
+        """Row ids, vectors (copies), subjects and face ids of the given positions."""
         names = self._names
-        for start in range(0, len(live_positions), RESTRUCTURE_CHUNK):
-            chunk = live_positions[start : start + RESTRUCTURE_CHUNK]
-            fresh.add(
-                self._row_ids.view[chunk].tolist(),
-                self._vectors.reconstruct(chunk),
-                [names[code] for code in self._codes.view[chunk].tolist()],
-                [face_id.decode("utf-8") for face_id in self._face_ids.view[chunk].tolist()],
-            )
-        return fresh
+        return (
+            self._row_ids.view[positions].tolist(),
+            self._vectors.reconstruct(positions),
+            [names[code] for code in self._codes.view[positions].tolist()],
+            [face_id.decode("utf-8") for face_id in self._face_ids.view[positions].tolist()],
+        )
 
     # --- snapshots --------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ The directory must be on a local filesystem (WAL).
   ``kill -9`` and power loss. FAISS is updated after the commit.
 * Indexes: per collection, exact while small, HNSW above ``IndexPolicy.hnsw_min_faces``
   (``vectors``); changed incrementally on every write (tombstones for deletes),
-  compacted or converted when ``CollectionIndex.wants_restructure`` says so.
+  compacted or converted when ``CollectionIndex.wants_restructure`` says so, by a
+  background rebuild (``rebuild``) while the old index keeps serving.
 * Start-up: from a verified snapshot caught up from SQLite, or rebuilt from SQLite
   (``recovery``). Snapshots are written in the background and at close
   (``snapshotter``); a snapshot that is missing, stale, damaged or foreign is never
@@ -20,9 +21,10 @@ The directory must be on a local filesystem (WAL).
 * Concurrency: searches share a readers-writer lock and run in parallel. A write
   holds ``_write_lock`` throughout (writes, restructures and snapshots are serial),
   the SQLite lock for its transaction, and then the index lock exclusively while it
-  changes FAISS. Restructures and snapshots read the indexes without the index lock
-  (no writer can change them), so searches go on meanwhile. Lock order:
-  write -> SQLite -> index. One ``Gallery`` per directory (``DirectoryLock``).
+  changes FAISS. Snapshots read the indexes without the index lock (no writer can
+  change them), rebuilds copy from them under the shared index lock a chunk at a
+  time, so searches go on meanwhile. Lock order: write -> SQLite -> index. One
+  ``Gallery`` per directory (``DirectoryLock``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from app.errors import FaceNotFound, GalleryUnavailable, InvalidRequest, Subject
 from app.gallery.embedded import repository, snapshot
 from app.gallery.embedded.dirlock import DirectoryLock
 from app.gallery.embedded.index import CollectionIndex
+from app.gallery.embedded.rebuild import CHUNK, Rebuild
 from app.gallery.embedded.recovery import Recovery, build_from_database, recover_indexes
 from app.gallery.embedded.rwlock import ReadWriteLock
 from app.gallery.embedded.schema import DB_FILENAME, connect, ensure_schema
@@ -53,6 +56,7 @@ from app.gallery.embedded.snapshotter import (
     SnapshotThread,
 )
 from app.gallery.embedded.vectors import DEFAULT_POLICY, IndexPolicy
+from app.gallery.embedded.worker import Worker
 from app.gallery.values import require_text, validate_embeddings, validate_new_face
 from app.storage.sqlite import transaction, utc_now
 
@@ -62,6 +66,9 @@ logger = logging.getLogger(__name__)
 
 # Crops read per query by ``aligned_crops`` (~25 kB each), so a page is a few MB.
 CROPS_PAGE_SIZE = 256
+# A background rebuild swaps its index in (writes wait meanwhile) once fewer source
+# faces than this are left to copy: a second or so of HNSW inserts.
+FINISH_BELOW = 1024
 
 
 class EmbeddedGallery:
@@ -92,8 +99,10 @@ class EmbeddedGallery:
         self._closed = False
         self._versions: dict[str, int] = {}  # writes per collection since open
         self._snapshotter: SnapshotThread | None = None
-        self._snapshotter_lock = threading.Lock()  # creating vs stopping the thread
+        self._snapshotter_lock = threading.Lock()  # creating vs stopping the threads
         self._closing = False
+        self._rebuilder: Worker | None = None
+        self._rebuilding: set[str] = set()  # collections with a rebuild queued or running
         with ExitStack() as cleanup:
             self._directory_lock = DirectoryLock(path)
             cleanup.callback(self._directory_lock.release)
@@ -103,6 +112,10 @@ class EmbeddedGallery:
             ensure_schema(self._db, db_path, model_id=model_id, dim=dim)
             self._indexes = self._recover()
             cleanup.pop_all()
+        with self._write_lock:
+            for collection, index in self._indexes.items():
+                if index.wants_restructure():
+                    self._schedule_rebuild(collection, index)
         if self._snapshot_due():
             self._request_snapshot()
 
@@ -407,6 +420,11 @@ class EmbeddedGallery:
         with self._snapshotter_lock:
             self._closing = True
             snapshotter, self._snapshotter = self._snapshotter, None
+            rebuilder = self._rebuilder
+        if rebuilder is not None:
+            if self._rebuilding:
+                logger.info("finishing the index rebuild of %s before closing", self._rebuilding)
+            rebuilder.stop()  # finishes the rebuilds queued: the last snapshot gets them
         if snapshotter is not None:
             snapshotter.stop()  # waits for a snapshot in progress
         with self._write_lock:
@@ -453,39 +471,75 @@ class EmbeddedGallery:
         if repaired is None:
             # The change is committed; only the cache is off. Rebuild it from the truth.
             repaired = self._load_collection(collection)
-        elif repaired.wants_restructure():
-            repaired = self._restructure(collection, repaired)
         with self._index_lock.write():
             if repaired.face_count:
                 self._indexes[collection] = repaired
             else:
                 self._indexes.pop(collection, None)
+        if repaired.face_count and repaired.wants_restructure():
+            self._schedule_rebuild(collection, repaired)
         self._changes_since_snapshot += changed
         if self._snapshot_due():
             self._request_snapshot()
 
-    def _restructure(self, collection: str, index: CollectionIndex) -> CollectionIndex:
-        """Compact ``index`` or change its kind; searches keep using it meanwhile.
+    # --- background rebuilds ------------------------------------------------------------
 
-        Caller holds ``_write_lock`` (nothing changes ``index`` while it is read).
-        """
-        started = time.perf_counter()
+    def wait_until_indexed(self, timeout_s: float | None = None) -> bool:
+        """Wait for the index rebuilds queued or running (tools, tests, benchmarks)."""
+        with self._snapshotter_lock:
+            rebuilder = self._rebuilder
+        return rebuilder is None or rebuilder.wait_idle(timeout_s)
+
+    def _schedule_rebuild(self, collection: str, index: CollectionIndex) -> None:
+        """Queue a rebuild of ``index``. Caller holds ``_write_lock``."""
+        if collection in self._rebuilding:
+            return
+        with self._snapshotter_lock:
+            if self._closing:
+                return  # the next open schedules it again
+            if self._rebuilder is None:
+                self._rebuilder = Worker("gallery-rebuild")
+            self._rebuilding.add(collection)
+            self._rebuilder.submit(lambda: self._rebuild(collection, index))
+
+    def _rebuild(self, collection: str, index: CollectionIndex) -> None:
+        """Build a fresh index of ``index``'s faces and swap it in, if still current."""
         try:
-            fresh = index.restructured()
-        except Exception:
-            logger.exception("restructuring the index of %r failed; keeping it", collection)
-            return index
-        logger.info(
-            "collection %r re-indexed: %s (%d positions) -> %s (%d faces) in %.1f s",
-            collection,
-            index.kind.value,
-            index.position_count,
-            fresh.kind.value,
-            fresh.face_count,
-            time.perf_counter() - started,
-        )
-        self._snapshot_stale = True
-        return fresh
+            started = time.perf_counter()
+            rebuild = Rebuild(index)
+            while rebuild.pending > FINISH_BELOW:
+                with self._index_lock.read():
+                    chunk = rebuild.take(CHUNK)
+                rebuild.absorb(chunk)
+            with self._write_lock:
+                if self._closed or self._indexes.get(collection) is not index:
+                    logger.info("index rebuild of %r dropped: the index was replaced", collection)
+                    return
+                fresh = rebuild.finish()
+                with self._index_lock.write():
+                    if fresh.face_count:
+                        self._indexes[collection] = fresh
+                    else:
+                        self._indexes.pop(collection, None)
+                self._snapshot_stale = True
+                self._rebuilding.discard(collection)
+                if fresh.face_count and fresh.wants_restructure():
+                    self._schedule_rebuild(collection, fresh)
+                due = self._snapshot_due()
+            logger.info(
+                "collection %r re-indexed: %s (%d positions) -> %s (%d faces) in %.1f s",
+                collection,
+                index.kind.value,
+                index.position_count,
+                fresh.kind.value,
+                fresh.face_count,
+                time.perf_counter() - started,
+            )
+            if due:
+                self._request_snapshot()
+        finally:
+            with self._write_lock:
+                self._rebuilding.discard(collection)
 
     def _load_collection(self, collection: str) -> CollectionIndex:
         """Build a collection's index from SQLite. Caller holds ``_write_lock``."""
@@ -506,8 +560,8 @@ class EmbeddedGallery:
 
     def _snapshot_due(self) -> bool:
         policy = self._snapshot_policy
-        if self._faces_held() < policy.min_faces:
-            return False
+        if self._rebuilding or self._faces_held() < policy.min_faces:
+            return False  # a rebuild asks for one when it is done
         return self._snapshot_stale or self._changes_since_snapshot >= policy.every_changes
 
     def _request_snapshot(self) -> None:

@@ -3,7 +3,7 @@
 Vectors are addressed by *position* (0, 1, 2, ... in the order they were added);
 nothing is ever removed from a structure. Deleted faces stay in it as tombstones
 and are excluded from every search by a bitmap of live positions, until the
-collection is compacted into a fresh structure (``CollectionIndex.restructured``).
+collection is compacted into a fresh structure (``rebuild``).
 Similarities are always exact dot products of the stored float32 vectors; only
 *which* neighbours an HNSW search visits is approximate.
 

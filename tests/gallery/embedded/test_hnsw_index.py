@@ -10,6 +10,7 @@ import pytest
 
 from app.core.types import FloatArray
 from app.gallery.embedded.index import CollectionIndex, IndexState
+from app.gallery.embedded.rebuild import Rebuild, rebuilt
 from app.gallery.embedded.vectors import IndexKind, IndexPolicy
 from tests.gallery.conftest import DIM, NearVector, UnitVectors
 
@@ -37,10 +38,6 @@ def brute_force(
     return sorted(best, key=lambda subject: -best[subject])[:top_k]
 
 
-def restructured_if_wanted(index: CollectionIndex) -> CollectionIndex:
-    return index.restructured() if index.wants_restructure() else index
-
-
 def test_a_collection_becomes_hnsw_at_the_threshold(unit_vectors: UnitVectors) -> None:
     index = CollectionIndex(DIM, SMALL)
     fill(index, unit_vectors(SMALL.hnsw_min_faces - 1))
@@ -48,7 +45,7 @@ def test_a_collection_becomes_hnsw_at_the_threshold(unit_vectors: UnitVectors) -
     fill(index, unit_vectors(1), first_id=SMALL.hnsw_min_faces)
 
     assert index.wants_restructure()
-    converted = index.restructured()
+    converted = rebuilt(index)
     assert (index.kind, converted.kind) == (IndexKind.EXACT, IndexKind.HNSW)
     assert converted.face_count == SMALL.hnsw_min_faces
 
@@ -159,7 +156,7 @@ def test_tombstones_are_compacted_away(unit_vectors: UnitVectors, near: NearVect
     index.remove(list(range(80, 101)))
     assert index.wants_restructure()
 
-    compacted = index.restructured()
+    compacted = rebuilt(index)
 
     assert (compacted.position_count, compacted.face_count) == (300, 300)
     assert compacted.kind is IndexKind.HNSW  # 300 >= half the threshold
@@ -174,11 +171,11 @@ def test_a_shrunken_collection_goes_back_to_exact_below_half_the_threshold(
     index = CollectionIndex(DIM, SMALL, IndexKind.HNSW)
     fill(index, unit_vectors(300))
     index.remove(list(range(1, 150)))  # 151 live >= 100: still HNSW
-    index = index.restructured()
+    index = rebuilt(index)
     assert index.kind is IndexKind.HNSW
     index.remove(list(range(150, 210)))  # 91 live < 100
     assert index.wants_restructure()
-    assert index.restructured().kind is IndexKind.EXACT
+    assert rebuilt(index).kind is IndexKind.EXACT
 
 
 @pytest.mark.parametrize(
@@ -248,3 +245,28 @@ def test_from_state_refuses_arrays_that_do_not_fit(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         CollectionIndex.from_state(_state(unit_vectors, **changes), dim=DIM, policy=SMALL)
+
+
+def test_a_rebuild_catches_up_with_changes_made_while_it_ran(
+    unit_vectors: UnitVectors, near: NearVector
+) -> None:
+    """Faces added after the rebuild started are in the result, faces deleted are not."""
+    vectors = unit_vectors(700)
+    source = CollectionIndex(DIM, SMALL)
+    fill(source, vectors[:500])
+    rebuild = Rebuild(source)
+    rebuild.absorb(rebuild.take(200))  # the first 200 copied ...
+    source.remove([5, 6, 7, 300])  # ... then a copied face and an uncopied one die
+    fill(source, vectors[500:], first_id=501)  # and new faces arrive
+    rebuild.absorb(rebuild.take(200))
+
+    fresh = rebuild.finish()
+
+    assert fresh.kind is IndexKind.HNSW
+    assert fresh.face_count == source.face_count == 696
+    probes = np.stack([near(vector) for vector in vectors])
+    top = [hits[0].face_id for hits in fresh.search(probes, top_k=1)]
+    gone = {"f5", "f6", "f7", "f300"}
+    assert not gone & set(top)
+    kept = [row for row in range(700) if f"f{row + 1}" not in gone]
+    assert [top[row] for row in kept] == [f"f{row + 1}" for row in kept]

@@ -88,6 +88,7 @@ def test_searches_stay_right_while_the_index_converts_compacts_and_snapshots(
     assert not [thread for thread in threads if thread.is_alive()]
     assert errors == []
     assert all(searches)
+    assert gallery.wait_until_indexed(timeout_s=120)
     assert gallery.index_kinds() == {"c": "hnsw"}
     assert gallery.total_faces() == RESIDENTS + 200
     gallery.close()
