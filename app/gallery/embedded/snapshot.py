@@ -12,9 +12,11 @@ from SQLite and rebuilding HNSW graphs). It lives in ``<data dir>/index/``:
 Files are owner-only (they hold embeddings). A new snapshot's files get new names,
 the manifest is replaced by an atomic rename, and only then are the old files
 removed, so a crash at any point leaves the previous snapshot or the new one, never a
-mix. Reading checks the sizes and sha256 of every file *before* FAISS or numpy parse
-it, then the manifest's facts against what was parsed; any doubt is a
-``SnapshotRejected`` and the caller rebuilds from SQLite. Whether the snapshot belongs
+mix. Reading checks every file's size before parsing it and its sha256 while parsing
+it (one pass over the bytes: at a million faces a second pass costs seconds), and
+uses nothing parsed unless the digest matches; then the manifest's facts are checked
+against what was parsed. Any doubt is a ``SnapshotRejected`` and the caller rebuilds
+from SQLite. Whether the snapshot belongs
 to this database at all is the caller's question (``recovery``).
 """
 
@@ -49,6 +51,8 @@ METRIC = "inner_product"
 _CHUNK = 8 << 20
 # A manifest is a few hundred bytes per collection; anything huge is not one.
 _MAX_MANIFEST_BYTES = 64 << 20
+# The maps of a collection take ~50 bytes per face plus its subject names.
+_MAX_MAPS_BYTES = 4 << 30
 
 
 class SnapshotRejected(Exception):
@@ -236,9 +240,9 @@ def read_indexes(
     for entry in manifest.collections:
         try:
             name = _text(entry["name"])
-            index_file = _verified(directory, entry["index"])
-            maps_file = _verified(directory, entry["maps"])
-            state = _read_state(index_file, maps_file)
+            maps = _read_verified(directory, entry["maps"], _parse_maps)
+            faiss_index = _read_verified(directory, entry["index"], _parse_faiss)
+            state = _state(faiss_index, maps)
             index = CollectionIndex.from_state(state, dim=manifest.dim, policy=policy)
             facts = {
                 "kind": index.kind.value,
@@ -259,52 +263,93 @@ def read_indexes(
     return indexes
 
 
-def _verified(directory: Path, entry: dict[str, Any]) -> Path:
-    """The file ``entry`` describes, after checking its size and sha256."""
+def _checked_path(directory: Path, entry: dict[str, Any]) -> tuple[Path, str]:
+    """The file ``entry`` names, with its size checked, and its expected sha256."""
     file_name = _text(entry["file"])
     if Path(file_name).name != file_name or file_name.startswith("."):
         raise ValueError(f"file name {file_name!r} is not a plain name")
     path = directory / file_name
-    expected_size, expected_sha256 = _count(entry["bytes"]), _text(entry["sha256"])
+    expected_size = _count(entry["bytes"])
     try:
         size = path.stat().st_size
-        if size != expected_size:
-            raise SnapshotRejected(f"{path} has {size} bytes, the manifest says {expected_size}")
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
     except OSError as exc:
         raise SnapshotRejected(f"cannot read {path}: {exc}") from exc
-    if digest.hexdigest() != expected_sha256:
+    if size != expected_size:
+        raise SnapshotRejected(f"{path} has {size} bytes, the manifest says {expected_size}")
+    return path, _text(entry["sha256"])
+
+
+class _HashingReader:
+    """Reads a file for a parser while hashing every byte that goes through."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int) -> bytes:
+        data = self._handle.read(size)
+        self.digest.update(data)
+        return data
+
+    def finish(self) -> str:
+        """Hash the rest (a parser may stop early) and return the hex digest."""
+        while self.read(_CHUNK):
+            pass
+        return self.digest.hexdigest()
+
+
+def _read_verified(directory: Path, entry: dict[str, Any], parse: Any) -> Any:
+    """``parse(reader)`` of the file ``entry`` names, in one pass: the result is returned
+    only if the bytes parsed are the bytes the manifest's sha256 describes."""
+    path, expected_sha256 = _checked_path(directory, entry)
+    try:
+        with path.open("rb") as handle:
+            reader = _HashingReader(handle)
+            parsed = parse(reader)
+            digest = reader.finish()
+    except OSError as exc:
+        raise SnapshotRejected(f"cannot read {path}: {exc}") from exc
+    except (ValueError, RuntimeError, BadZipFile) as exc:
+        # Damage that the parser noticed before the checksum could.
+        raise SnapshotRejected(f"{path} does not parse ({exc}); damaged") from exc
+    if digest != expected_sha256:
         raise SnapshotRejected(f"{path} does not match its sha256 (damaged or changed)")
-    return path
+    return parsed
 
 
-def _read_state(index_file: Path, maps_file: Path) -> IndexState:
-    faiss_index = faiss.read_index(str(index_file))
-    with np.load(maps_file, allow_pickle=False) as maps:
-        offsets = maps["subject_offsets"]
-        blob = maps["subject_names"].tobytes()
-        if (
-            len(offsets) < 1
-            or offsets[0] != 0
-            or offsets[-1] != len(blob)
-            or np.any(np.diff(offsets) < 0)
-        ):
-            raise ValueError("subject name offsets do not cover the names")
-        names = [
-            blob[start:stop].decode("utf-8")
-            for start, stop in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
-        ]
-        return IndexState(
-            faiss_index=faiss_index,
-            row_ids=maps["row_ids"],
-            live=maps["live"],
-            subject_codes=maps["subject_codes"],
-            face_ids=maps["face_ids"],
-            subject_names=names,
-        )
+def _parse_faiss(reader: _HashingReader) -> faiss.Index:
+    return faiss.read_index(_faiss.PyCallbackIOReader(reader.read, _CHUNK))
+
+
+def _parse_maps(reader: _HashingReader) -> dict[str, np.ndarray[Any, Any]]:
+    # Small (tens of MB at a million faces): read whole, then parsed from memory.
+    data = io.BytesIO(reader.read(_MAX_MAPS_BYTES))
+    with np.load(data, allow_pickle=False) as maps:
+        return {key: maps[key] for key in maps.files}
+
+
+def _state(faiss_index: faiss.Index, maps: dict[str, np.ndarray[Any, Any]]) -> IndexState:
+    offsets = maps["subject_offsets"]
+    blob = maps["subject_names"].tobytes()
+    if (
+        len(offsets) < 1
+        or offsets[0] != 0
+        or offsets[-1] != len(blob)
+        or np.any(np.diff(offsets) < 0)
+    ):
+        raise ValueError("subject name offsets do not cover the names")
+    names = [
+        blob[start:stop].decode("utf-8")
+        for start, stop in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
+    ]
+    return IndexState(
+        faiss_index=faiss_index,
+        row_ids=maps["row_ids"],
+        live=maps["live"],
+        subject_codes=maps["subject_codes"],
+        face_ids=maps["face_ids"],
+        subject_names=names,
+    )
 
 
 def _text(value: object) -> str:

@@ -221,8 +221,8 @@ def _first(suffix: str, damage: Callable[[Path], None]) -> Callable[[Path], None
 
 
 DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
-    "a flipped byte in the FAISS file": (_first(".faiss", _flip_a_byte), "sha256"),
-    "a flipped byte in the maps file": (_first(".npz", _flip_a_byte), "sha256"),
+    "a flipped byte in the FAISS file": (_first(".faiss", _flip_a_byte), "damaged"),
+    "a flipped byte in the maps file": (_first(".npz", _flip_a_byte), "damaged"),
     "a truncated FAISS file": (
         _first(".faiss", lambda path: os.truncate(path, path.stat().st_size // 3)),
         "bytes",
