@@ -12,9 +12,9 @@ from app.storage.sqlite import format_timestamp, transaction, utc_now
 
 DB_FILENAME = "gallery.sqlite3"
 # New galleries only (an existing file keeps its page size): rows hold a 2 kB
-# embedding, and 16 kB pages fit several per page where 4 kB pages fit one. Measured
-# with 512-d rows: 2.5 kB instead of 4.3 kB per face, imports 2.3x and full
-# reads 2.4x faster (docs/scale.md).
+# embedding, and 16 kB pages fit several per page where 4 kB pages fit one.
+# ``python -m bench.sqlite_pages``: 2.5 kB instead of 4.3 kB per 512-d face, inserts
+# ~2.5x and full reads ~1.9x faster than 4 kB pages (docs/scale.md).
 PAGE_SIZE = 16_384
 
 
