@@ -152,6 +152,7 @@ class BuiltGallery:
     import_s: float  # the import itself, as the CLI reports it
     command_s: float  # the whole command: start, checks, import, snapshot at close
     storage: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0  # rows of the file that were already in the gallery
 
     @property
     def import_rate(self) -> float:
@@ -208,9 +209,11 @@ def build_galleries(
         command_s = time.perf_counter() - started
         increment.unlink()
         found = _IMPORT_LINE.search(result)
-        if found is None or int(found.group(1)) != size - start:
+        # Rows already there: the same photo twice in a data set gives the same row.
+        if found is None or int(found.group(1)) + int(found.group(2)) != size - start:
             raise RuntimeError(f"unexpected import result: {result}")
         gallery = BuiltGallery(target, size - start, float(found.group(3)), command_s)
+        gallery.duplicates = int(found.group(2))
         gallery.storage = backend.storage_bytes(target)
         built.append(gallery)
         previous = target
@@ -588,6 +591,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             results[size] = {
                 "faces": size,
                 "import_rows": gallery.imported_rows,
+                "import_rows_already_there": gallery.duplicates,
                 "import_rows_per_s": round(gallery.import_rate),
                 "import_command_s": round(gallery.command_s, 1),
                 "storage_bytes": gallery.storage,
