@@ -45,13 +45,14 @@ class IndexPolicy:
 
     # A collection of at least this many live faces is searched with HNSW; below half
     # of it (hysteresis, checked when the collection is compacted) it goes back to exact.
-    hnsw_min_faces: int = 50_000
+    hnsw_min_faces: int = 20_000
     # Graph degree (links per node; 2x on the bottom layer). Memory: ~8*M bytes per face.
     hnsw_m: int = 32
     # Candidate list while inserting: build time against graph quality.
     hnsw_ef_construction: int = 80
     # Candidate list while searching (raised to the number of neighbours asked for).
-    hnsw_ef_search: int = 128
+    # At 100k faces ef=128 kept only 98.3% of exact recall@1, ef=256 99.9%.
+    hnsw_ef_search: int = 256
     # Neighbour lists longer than this are computed exactly instead (a query whose
     # top_k subjects hide behind thousands of faces of a few subjects).
     max_ann_neighbours: int = 2048
