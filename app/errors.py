@@ -166,3 +166,12 @@ class ProviderUnavailable(ModelError):
     """
 
     code = "provider_unavailable"
+
+
+# --- inference engines (issue 9) -------------------------------------------------
+
+
+class EngineUnavailable(ModelError):
+    """The configured inference engine (FACEREC_ENGINE) is not installed."""
+
+    code = "engine_unavailable"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import anyio
@@ -23,11 +23,13 @@ from app.api.handlers import install_error_handlers
 from app.api.limits import AdmissionGate, AdmissionMiddleware, BodySizeLimitMiddleware
 from app.auth.bootstrap import open_guard
 from app.auth.guard import Guard
-from app.config import Settings
+from app.config import Settings, available_cores
 from app.core.pipeline import FacePipeline
 from app.core.service import FaceService, QualityGate
 from app.gallery.store import Gallery
 from app.inference.align import align_face
+from app.inference.batcher import BatchingEmbedder
+from app.inference.engines.factory import resolve_engine
 from app.inference.image import decode_image
 from app.inference.loader import LoadedModel, build_detector, build_embedder, load_model
 from app.inference.session import RuntimeOptions
@@ -53,16 +55,41 @@ class Runtime:
     guard: Guard
     metrics: Metrics
     admission: AdmissionGate
+    batcher: BatchingEmbedder | None = None
 
     def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         if self.guard.store is not None:
             self.guard.store.close()
         self.service.gallery.close()
 
 
+def engine_options(settings: Settings) -> tuple[RuntimeOptions, RuntimeOptions]:
+    """(detector, recognizer) session options; docs/performance.md has the measurements.
+
+    The detector runs in the request workers, one call per worker at once, each
+    with its share of the cores. The recognizer runs in the batcher's single
+    runner, so one call at a time with every core (a batch of faces from several
+    requests parallelises well; a lone face still gets the low latency).
+    """
+    engine = resolve_engine(settings.engine, tuple(settings.providers))
+    workers = settings.resolved_inference_workers()
+    common = RuntimeOptions(
+        engine=engine,
+        providers=tuple(settings.providers),
+        devices=tuple(settings.openvino_devices),
+    )
+    detector = replace(
+        common, intra_op_threads=settings.resolved_intra_op_threads(), streams=workers
+    )
+    recognizer = replace(common, intra_op_threads=settings.intra_op_threads or available_cores())
+    return detector, recognizer
+
+
 def build_runtime(settings: Settings) -> Runtime:
     threads = settings.resolved_intra_op_threads()
-    options = RuntimeOptions(providers=tuple(settings.providers), intra_op_threads=threads)
+    detector_options, recognizer_options = engine_options(settings)
     # FAISS searches run inside the same bounded workers as inference: give them
     # the same share of cores instead of one OpenMP thread per core each.
     faiss.omp_set_num_threads(threads)
@@ -74,7 +101,10 @@ def build_runtime(settings: Settings) -> Runtime:
             catalog_dir=settings.catalog_dir,
             options=options,
         )
-        for ref, kind in ((settings.detector, "detector"), (settings.recognizer, "recognizer"))
+        for ref, kind, options in (
+            (settings.detector, "detector", detector_options),
+            (settings.recognizer, "recognizer", recognizer_options),
+        )
     )
     manifest = recognizer.manifest
     # Invariants: the manifest validator requires both for recognizers.
@@ -94,9 +124,16 @@ def build_runtime(settings: Settings) -> Runtime:
         raise
     metrics = Metrics()
     metrics.watch_gallery(gallery.stats)
+    embedder = build_embedder(recognizer)
+    batcher = BatchingEmbedder(
+        embedder,
+        max_batch=settings.batch_max_size or embedder.max_batch,
+        max_wait_s=settings.batch_max_wait_ms / 1000,
+        observe=metrics.recognizer_batch,
+    )
     pipeline = FacePipeline(
         build_detector(detector),
-        build_embedder(recognizer),
+        batcher,
         align_face,
         max_faces=settings.max_faces_per_image,
         observer=metrics,
@@ -129,10 +166,11 @@ def build_runtime(settings: Settings) -> Runtime:
         detector=detector,
         recognizer=recognizer,
         settings=settings,
-        inference_limiter=anyio.CapacityLimiter(settings.inference_workers),
+        inference_limiter=anyio.CapacityLimiter(settings.resolved_inference_workers()),
         guard=guard,
         metrics=metrics,
-        admission=AdmissionGate(settings.inference_workers + settings.inference_queue),
+        admission=AdmissionGate(settings.resolved_inference_workers() + settings.inference_queue),
+        batcher=batcher,
     )
 
 

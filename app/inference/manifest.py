@@ -91,9 +91,16 @@ class Source(_Frozen):
     notes: str | None = None
 
 
+# The model class that runs a file (``app.inference.loader``), one per output layout.
+# Manifests written before the field existed get their kind's only family.
+ModelFamily = Literal["scrfd", "arcface"]
+_DEFAULT_FAMILY: dict[str, ModelFamily] = {"detector": "scrfd", "recognizer": "arcface"}
+
+
 class ModelManifest(_Frozen):
     name: str
     kind: Literal["detector", "recognizer"]
+    family: ModelFamily
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     input: DetectorInput | RecognizerInput
@@ -109,8 +116,19 @@ class ModelManifest(_Frozen):
     training: dict[str, object] | None = None
     metrics: dict[str, object] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_family(cls, values: object) -> object:
+        if isinstance(values, dict) and "family" not in values:
+            kind = values.get("kind")
+            if isinstance(kind, str) and kind in _DEFAULT_FAMILY:
+                return {**values, "family": _DEFAULT_FAMILY[kind]}
+        return values
+
     @model_validator(mode="after")
     def _kind_fields_present(self) -> ModelManifest:
+        if _DEFAULT_FAMILY[self.kind] != self.family:
+            raise ValueError(f"family {self.family!r} is not a {self.kind} family")
         if self.kind == "detector":
             if not isinstance(self.input, DetectorInput) or self.detector is None:
                 raise ValueError("a detector manifest needs a detector input and `detector`")

@@ -12,11 +12,11 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 from numpy.typing import NDArray
 
 from app.core.types import Detection, FloatArray, ImageArray
 from app.errors import ModelError
+from app.inference.engines.base import EngineSession
 from app.inference.manifest import DetectorInput, DetectorSpec, ModelManifest
 
 # Close-ups (a face filling the frame) are missed by SCRFD: its anchors expect
@@ -174,7 +174,7 @@ def to_tensor(canvas: ImageArray, mean: FloatArray, std: FloatArray, bgr: bool) 
 class ScrfdDetector:
     """Runs an SCRFD session on one photo; all numerics live in the functions above."""
 
-    def __init__(self, session: ort.InferenceSession, manifest: ModelManifest) -> None:
+    def __init__(self, session: EngineSession, manifest: ModelManifest) -> None:
         if not isinstance(manifest.input, DetectorInput) or manifest.detector is None:
             raise ModelError(f"{manifest.name} is not a detector manifest")
         self.manifest = manifest
@@ -199,7 +199,7 @@ class ScrfdDetector:
     def _detect_at(self, image: ImageArray, input_size: tuple[int, int]) -> list[Detection]:
         canvas, scale = letterbox(image, input_size)
         tensor = to_tensor(canvas, self._mean, self._std, self._bgr)
-        outputs = self._session.run(None, {self._input.name: tensor})
+        outputs = self._session.run({self._input.name: tensor})
         boxes, scores, landmarks = decode_outputs(outputs, input_size, self._spec)
         if scores.size == 0:
             return []
