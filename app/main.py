@@ -32,6 +32,7 @@ from app.inference.batcher import BatchingEmbedder
 from app.inference.engines.factory import resolve_engine
 from app.inference.image import decode_image
 from app.inference.loader import LoadedModel, build_detector, build_embedder, load_model
+from app.inference.manifest import DetectorInput
 from app.inference.session import RuntimeOptions
 from app.observability.logging import configure_logging
 from app.observability.metrics import Metrics, timed
@@ -85,6 +86,13 @@ def engine_options(settings: Settings) -> tuple[RuntimeOptions, RuntimeOptions]:
     )
     recognizer = replace(common, intra_op_threads=settings.intra_op_threads or available_cores())
     return detector, recognizer
+
+
+def detector_side(detector: LoadedModel) -> int:
+    """The longest side the detector ever looks at: large JPEGs are decoded down to it."""
+    spec = detector.manifest.input
+    assert isinstance(spec, DetectorInput)  # load_model checked the kind
+    return spec.max_side if spec.size_policy == "adaptive" else max(spec.size)
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -143,18 +151,14 @@ def build_runtime(settings: Settings) -> Runtime:
         if settings.match_threshold is not None
         else manifest.thresholds.match
     )
+    full_decode = partial(
+        decode_image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+    )
     service = FaceService(
         pipeline,
         gallery,
-        timed(
-            metrics,
-            "decode",
-            partial(
-                decode_image,
-                max_bytes=settings.max_image_bytes,
-                max_pixels=settings.max_image_pixels,
-            ),
-        ),
+        timed(metrics, "decode", partial(full_decode, reduce_to=detector_side(detector))),
+        full_decoder=timed(metrics, "decode", full_decode),
         threshold=threshold,
         gate=QualityGate(
             min_face_size=settings.min_face_size, min_det_score=settings.min_det_score

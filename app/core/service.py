@@ -12,6 +12,7 @@ from PIL import Image
 
 from app.core.matching import assign_subjects
 from app.core.pipeline import FacePipeline
+from app.core.scaling import needs_full_resolution, rescale_detection
 from app.core.types import DecodedImage, Detection, EmbeddedFace, FaceRecord, SearchHit
 from app.errors import (
     FaceRecError,
@@ -24,6 +25,22 @@ from app.gallery.store import Gallery, NewFace
 
 FacePolicy = Literal["single", "largest"]
 Decoder = Callable[[bytes], DecodedImage]
+# Chooses, from a photo's detections in full-size coordinates, the ones to embed.
+FaceChooser = Callable[[list[Detection]], list[Detection]]
+
+# Side of the aligned crop below which a face found in a reduced-scale decode is
+# aligned from the full-size image instead (the recognizer input; ArcFace 112).
+CROP_SIZE = 112
+
+
+def every_face(detections: list[Detection]) -> list[Detection]:
+    return detections
+
+
+def largest_face(detections: list[Detection]) -> list[Detection]:
+    if not detections:
+        raise NoFaceDetected("no face found in the image")
+    return [max(detections, key=lambda d: d.area)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,16 +121,43 @@ class FaceService:
         threshold: float,
         gate: QualityGate,
         store_aligned_crops: bool = True,
+        full_decoder: Decoder | None = None,
     ) -> None:
+        """``decoder`` may decode large JPEGs at reduced scale; ``full_decoder`` (the
+        same limits, full size) is then used for photos whose faces need it."""
         self.pipeline = pipeline
         self.gallery = gallery
         self.decode = decoder
+        self.decode_full = full_decoder or decoder
         self.threshold = threshold
         self.gate = gate
         self.store_aligned_crops = store_aligned_crops
 
     def embed(self, data: bytes) -> list[EmbeddedFace]:
-        return self.pipeline.analyze(self.decode(data).pixels)
+        return self.faces(data, every_face)[1]
+
+    def faces(self, data: bytes, choose: FaceChooser) -> tuple[DecodedImage, list[EmbeddedFace]]:
+        """Decode, detect, let ``choose`` pick faces (full-size coordinates), embed them.
+
+        Returned detections are in full-size coordinates whatever scale the photo
+        was decoded at; the image returned is the one the crops came from.
+        """
+        image = self.decode(data)
+        found = self.pipeline.detect(image.pixels)
+        to_full = 1.0 / image.scale
+        chosen = choose([rescale_detection(d, to_full) for d in found])
+        if not chosen:
+            return image, []
+        if needs_full_resolution(
+            [rescale_detection(d, image.scale) for d in chosen], image.scale, CROP_SIZE
+        ):
+            image = self.decode_full(data)
+        located = [rescale_detection(d, image.scale) for d in chosen]
+        embedded = self.pipeline.embed(image.pixels, located)
+        return image, [
+            EmbeddedFace(detection=original, embedding=face.embedding, aligned=face.aligned)
+            for original, face in zip(chosen, embedded, strict=True)
+        ]
 
     def enroll(
         self,
@@ -130,9 +174,10 @@ class FaceService:
         rejected: list[Rejection] = []
         for name, data in images:
             try:
-                image = self.decode(data)
-                face = select_enrollment_face(self.pipeline.detect(image.pixels), policy, self.gate)
-                (embedded,) = self.pipeline.embed(image.pixels, [face])
+                image, (embedded,) = self.faces(
+                    data, lambda found: [select_enrollment_face(found, policy, self.gate)]
+                )
+                face = embedded.detection
             except FaceRecError as error:
                 rejected.append(Rejection(image=name, error=error))
                 continue
@@ -176,11 +221,7 @@ class FaceService:
         return identified, limit
 
     def _largest_face(self, data: bytes) -> EmbeddedFace:
-        image = self.decode(data)
-        detections = self.pipeline.detect(image.pixels)
-        if not detections:
-            raise NoFaceDetected("no face found in the image")
-        (face,) = self.pipeline.embed(image.pixels, [max(detections, key=lambda d: d.area)])
+        _, (face,) = self.faces(data, largest_face)
         return face
 
     def verify_images(self, data_a: bytes, data_b: bytes, threshold: float | None) -> Verification:
