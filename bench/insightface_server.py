@@ -20,13 +20,11 @@ import uvicorn
 from fastapi import FastAPI, File, HTTPException, UploadFile
 
 
-def build_app(package: str, det_size: int, det_thresh: float) -> FastAPI:
+def build_app(package: str, det_size: int, det_thresh: float, providers: list[str]) -> FastAPI:
     from insightface.app import FaceAnalysis
 
     analysis = FaceAnalysis(
-        name=package,
-        allowed_modules=["detection", "recognition"],
-        providers=["CPUExecutionProvider"],
+        name=package, allowed_modules=["detection", "recognition"], providers=providers
     )
     analysis.prepare(ctx_id=-1, det_size=(det_size, det_size), det_thresh=det_thresh)
     app = FastAPI()
@@ -62,8 +60,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8101)
     parser.add_argument("--det-size", type=int, default=640)
     parser.add_argument("--det-thresh", type=float, default=0.5)
+    parser.add_argument(
+        "--providers", default="CPUExecutionProvider", help="onnxruntime providers, comma separated"
+    )
     args = parser.parse_args()
-    app = build_app(args.package, args.det_size, args.det_thresh)
+    app = build_app(args.package, args.det_size, args.det_thresh, args.providers.split(","))
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

@@ -158,7 +158,7 @@ def write_insightface_package(package_dir: Path, files: Sequence[tuple[str, Path
     (package_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
-def start_wrapper(settings: Settings, scratch: Path) -> ServerProcess:
+def start_wrapper(settings: Settings, scratch: Path, providers: str) -> ServerProcess:
     files = []
     for task, ref in (("detection", settings.detector), ("recognition", settings.recognizer)):
         manifest, manifest_path = resolve_manifest(ref, settings.catalog_dir)
@@ -176,6 +176,8 @@ def start_wrapper(settings: Settings, scratch: Path) -> ServerProcess:
         str(package),
         "--det-thresh",
         str(detector.detector.score_threshold),
+        "--providers",
+        providers,
     ]
     return ServerProcess(WRAPPER, command, clean_environment(), scratch / "wrapper.log")
 
@@ -404,6 +406,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="one more server of ours with these settings, in the same rotation (repeatable)",
     )
     parser.add_argument("--skip-stages", action="store_true", help="no in-process breakdown")
+    parser.add_argument(
+        "--wrapper-providers",
+        default="CPUExecutionProvider",
+        help="onnxruntime providers of the insightface wrapper (GPU runs: CUDA first)",
+    )
     return parser.parse_args(argv)
 
 
@@ -463,7 +470,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     overrides = dict(item.split("=", 1) for item in args.ours_env)
     chosen = {"detector": args.detector, "recognizer": args.recognizer}
     models = {k: v for k, v in chosen.items() if v}
-    settings = Settings(models_dir=args.models_dir, auth=False, **models)
+    # The in-process breakdown runs our configuration too: the same overrides.
+    fields = {k.removeprefix("FACEREC_").lower(): v for k, v in overrides.items()}
+    settings = Settings(models_dir=args.models_dir, auth=False, **{**fields, **models})
     sets = image_sets(args.data_root, args.lfw, args.photo_repeats)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="facerec-http-bench-") as scratch_name:
@@ -475,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 start_ours(label, args.models_dir, scratch, {**overrides, **env}, models)
                 for label, env in variants
             ),
-            start_wrapper(settings, scratch),
+            start_wrapper(settings, scratch, args.wrapper_providers),
         ]
         try:
             for server in servers:
@@ -488,7 +497,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"recognizer {ready['recognizer']['model_id']} on "
                     f"{ready['recognizer']['engine']}; settings {env or 'default'}"
                 )
-            print("wrapper: insightface FaceAnalysis det_size (640, 640), default sessions")
+            print(
+                "wrapper: insightface FaceAnalysis det_size (640, 640), default sessions, "
+                f"providers {args.wrapper_providers}"
+            )
             for name, payloads in sets.items():
                 warm = payloads[: min(10, len(payloads))]
                 for server in servers:
