@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -164,13 +165,16 @@ def build_runtime(settings: Settings) -> Runtime:
             min_face_size=settings.min_face_size, min_det_score=settings.min_det_score
         ),
         store_aligned_crops=settings.store_aligned_crops,
+        cpu_stages=threading.BoundedSemaphore(settings.resolved_inference_workers()),
     )
     return Runtime(
         service=service,
         detector=detector,
         recognizer=recognizer,
         settings=settings,
-        inference_limiter=anyio.CapacityLimiter(settings.resolved_inference_workers()),
+        # Requests inside the service at once: one per CPU-stage slot, and as many
+        # again waiting for the recognizer with their slots given back.
+        inference_limiter=anyio.CapacityLimiter(2 * settings.resolved_inference_workers()),
         guard=guard,
         metrics=metrics,
         admission=AdmissionGate(settings.resolved_inference_workers() + settings.inference_queue),

@@ -87,14 +87,26 @@ class FacePipeline:
 
     def embed(self, image: ImageArray, detections: list[Detection]) -> list[EmbeddedFace]:
         """Align every detection and embed them all in one batch."""
+        return self.embed_aligned(detections, self.align(image, detections))
+
+    def align(self, image: ImageArray, detections: list[Detection]) -> ImageArray:
+        """(N, H, W, 3) crops of the detections, in their order."""
+        if not detections:
+            return np.empty((0, 0, 0, 3), dtype=np.uint8)
+        started = time.perf_counter()
+        aligned_faces = np.stack([self.aligner(image, d.landmarks) for d in detections])
+        self.observer.stage_finished("align", time.perf_counter() - started)
+        return aligned_faces
+
+    def embed_aligned(
+        self, detections: list[Detection], aligned_faces: ImageArray
+    ) -> list[EmbeddedFace]:
+        """Embed crops made by ``align`` (the recognizer may batch them with others)."""
         if not detections:
             return []
         started = time.perf_counter()
-        aligned_faces = np.stack([self.aligner(image, d.landmarks) for d in detections])
-        aligned_at = time.perf_counter()
         embeddings = self.embedder.embed(aligned_faces)
-        self.observer.stage_finished("align", aligned_at - started)
-        self.observer.stage_finished("embed", time.perf_counter() - aligned_at)
+        self.observer.stage_finished("embed", time.perf_counter() - started)
         self.observer.batch_embedded(len(detections))
         return [
             EmbeddedFace(detection=d, embedding=e, aligned=a)

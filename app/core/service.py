@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -122,9 +123,17 @@ class FaceService:
         gate: QualityGate,
         store_aligned_crops: bool = True,
         full_decoder: Decoder | None = None,
+        cpu_stages: AbstractContextManager[object] | None = None,
     ) -> None:
         """``decoder`` may decode large JPEGs at reduced scale; ``full_decoder`` (the
-        same limits, full size) is then used for photos whose faces need it."""
+        same limits, full size) is then used for photos whose faces need it.
+
+        ``cpu_stages`` (e.g. a ``threading.Semaphore``) is held while a photo is
+        decoded, searched for faces and aligned, and released before its crops wait
+        for the recognizer: with one slot per core, the cores decode and detect
+        the next photos while the recognizer (its own thread, batching) embeds.
+        """
+        self.cpu_stages: AbstractContextManager[object] = cpu_stages or nullcontext()
         self.pipeline = pipeline
         self.gallery = gallery
         self.decode = decoder
@@ -142,18 +151,20 @@ class FaceService:
         Returned detections are in full-size coordinates whatever scale the photo
         was decoded at; the image returned is the one the crops came from.
         """
-        image = self.decode(data)
-        found = self.pipeline.detect(image.pixels)
-        to_full = 1.0 / image.scale
-        chosen = choose([rescale_detection(d, to_full) for d in found])
-        if not chosen:
-            return image, []
-        if needs_full_resolution(
-            [rescale_detection(d, image.scale) for d in chosen], image.scale, CROP_SIZE
-        ):
-            image = self.decode_full(data)
-        located = [rescale_detection(d, image.scale) for d in chosen]
-        embedded = self.pipeline.embed(image.pixels, located)
+        with self.cpu_stages:
+            image = self.decode(data)
+            found = self.pipeline.detect(image.pixels)
+            to_full = 1.0 / image.scale
+            chosen = choose([rescale_detection(d, to_full) for d in found])
+            if not chosen:
+                return image, []
+            if needs_full_resolution(
+                [rescale_detection(d, image.scale) for d in chosen], image.scale, CROP_SIZE
+            ):
+                image = self.decode_full(data)
+            located = [rescale_detection(d, image.scale) for d in chosen]
+            aligned = self.pipeline.align(image.pixels, located)
+        embedded = self.pipeline.embed_aligned(located, aligned)
         return image, [
             EmbeddedFace(detection=original, embedding=face.embedding, aligned=face.aligned)
             for original, face in zip(chosen, embedded, strict=True)
