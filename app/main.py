@@ -140,12 +140,14 @@ def build_runtime(settings: Settings) -> Runtime:
         max_wait_s=settings.batch_max_wait_ms / 1000,
         observe=metrics.recognizer_batch,
     )
+    face_detector = build_detector(detector)
     pipeline = FacePipeline(
-        build_detector(detector),
+        face_detector,
         batcher,
         align_face,
         max_faces=settings.max_faces_per_image,
         observer=metrics,
+        refiner=face_detector.refine_landmarks if manifest.augment.landmarks == "mirror" else None,
     )
     threshold = (
         settings.match_threshold

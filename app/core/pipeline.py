@@ -20,6 +20,12 @@ class Embedder(Protocol):
     def embed(self, aligned_faces: ImageArray) -> FloatArray: ...
 
 
+class LandmarkRefiner(Protocol):
+    """Better landmarks for detections of ``image`` (same faces, same order)."""
+
+    def __call__(self, image: ImageArray, detections: list[Detection]) -> list[Detection]: ...
+
+
 class Aligner(Protocol):
     def __call__(self, image: ImageArray, landmarks: FloatArray) -> ImageArray: ...
 
@@ -69,10 +75,12 @@ class FacePipeline:
         *,
         max_faces: int | None = None,
         observer: StageObserver | None = None,
+        refiner: LandmarkRefiner | None = None,
     ) -> None:
         self.detector = detector
         self.embedder = embedder
         self.aligner = aligner
+        self.refiner = refiner
         self.max_faces = max_faces
         self.observer: StageObserver = observer or _NoObserver()
 
@@ -86,8 +94,22 @@ class FacePipeline:
         return kept
 
     def embed(self, image: ImageArray, detections: list[Detection]) -> list[EmbeddedFace]:
-        """Align every detection and embed them all in one batch."""
-        return self.embed_aligned(detections, self.align(image, detections))
+        """Refine landmarks (when configured), align every detection, embed them in one batch.
+
+        The faces returned carry the detections as given; only the crops use the
+        refined landmarks.
+        """
+        crops = self.align(image, self.refine(image, detections))
+        return self.embed_aligned(detections, crops)
+
+    def refine(self, image: ImageArray, detections: list[Detection]) -> list[Detection]:
+        """The recognizer's landmark refinement (``augment.landmarks``), or the detections."""
+        if self.refiner is None or not detections:
+            return detections
+        started = time.perf_counter()
+        refined = self.refiner(image, detections)
+        self.observer.stage_finished("refine", time.perf_counter() - started)
+        return refined
 
     def align(self, image: ImageArray, detections: list[Detection]) -> ImageArray:
         """(N, H, W, 3) crops of the detections, in their order."""

@@ -163,7 +163,8 @@ class FaceService:
             ):
                 image = self.decode_full(data)
             located = [rescale_detection(d, image.scale) for d in chosen]
-            aligned = self.pipeline.align(image.pixels, located)
+            refined = self.pipeline.refine(image.pixels, located)
+            aligned = self.pipeline.align(image.pixels, refined)
         embedded = self.pipeline.embed_aligned(located, aligned)
         return image, [
             EmbeddedFace(detection=original, embedding=face.embedding, aligned=face.aligned)

@@ -81,6 +81,10 @@ class Augment(_Frozen):
 
     # Embedding = normalised sum of the embeddings of the crop and its mirror image.
     flip: bool = False
+    # "mirror": before alignment, each face's landmarks are averaged with those the
+    # detector finds in the mirrored photo (one more detector pass per photo, no more
+    # recognizer passes). Removes the detector's left/right bias from the crop.
+    landmarks: Literal["single", "mirror"] = "single"
 
 
 class Source(_Frozen):
@@ -144,6 +148,7 @@ class ModelManifest(_Frozen):
         """Identity of the embedding space: name, file hash and import steps."""
         suffix = "+dq" if self.import_steps.dequantize else ""
         suffix += "+flip" if self.augment.flip else ""
+        suffix += "+mirrorlm" if self.augment.landmarks == "mirror" else ""
         return f"{self.name}@{self.sha256[:16]}{suffix}"
 
 

@@ -192,6 +192,42 @@ def merge_passes(
     return sorted(merged, key=lambda d: d.score, reverse=True)
 
 
+# Landmark order after a horizontal mirror: the left eye becomes the right one, etc.
+MIRRORED_LANDMARKS = (1, 0, 2, 4, 3)
+
+
+def unmirror(detection: Detection, width: int) -> Detection:
+    """A detection found in the horizontally mirrored photo, in the photo's coordinates.
+
+    Pixel centres: column ``x`` of the mirror is column ``width - 1 - x`` of the photo.
+    Landmarks swap sides (left eye <-> right eye, left <-> right mouth corner).
+    """
+    x1, y1, x2, y2 = detection.bbox
+    edge = width - 1
+    landmarks = detection.landmarks[list(MIRRORED_LANDMARKS)].copy()
+    landmarks[:, 0] = edge - landmarks[:, 0]
+    return Detection(
+        bbox=(edge - x2, y1, edge - x1, y2), score=detection.score, landmarks=landmarks
+    )
+
+
+def average_landmarks(
+    detections: list[Detection], mirrored: list[Detection], same_face_iou: float
+) -> list[Detection]:
+    """Each detection with its landmarks averaged with those of the same face in
+    ``mirrored`` (already in the photo's coordinates); unmatched ones unchanged."""
+    refined = []
+    for detection in detections:
+        overlaps = [box_iou(detection.bbox, other.bbox) for other in mirrored]
+        best = int(np.argmax(overlaps)) if overlaps else -1
+        if best < 0 or overlaps[best] < same_face_iou:
+            refined.append(detection)
+            continue
+        points = ((detection.landmarks + mirrored[best].landmarks) / 2).astype(np.float32)
+        refined.append(Detection(bbox=detection.bbox, score=detection.score, landmarks=points))
+    return refined
+
+
 def to_tensor(canvas: ImageArray, mean: FloatArray, std: FloatArray, bgr: bool) -> FloatArray:
     """HWC uint8 (RGB) -> 1CHW float32 normalised, in the model's colour order.
 
@@ -241,6 +277,19 @@ class ScrfdDetector:
         if fills_frame(detections, width, height, CLOSEUP_FILL):
             return merge_passes(detections, self._detect_closeup(image), SAME_FACE_IOU)
         return detections
+
+    def refine_landmarks(self, image: ImageArray, detections: list[Detection]) -> list[Detection]:
+        """Landmarks averaged with the mirrored photo's (``augment.landmarks: mirror``).
+
+        One more pass over the mirrored photo, whatever the number of faces; faces
+        the mirrored pass does not find keep their landmarks.
+        """
+        if not detections:
+            return detections
+        width = image.shape[1]
+        mirrored = np.ascontiguousarray(image[:, ::-1])
+        found = [unmirror(d, width) for d in self.detect(mirrored)]
+        return average_landmarks(detections, found, SAME_FACE_IOU)
 
     def _detect_at(self, image: ImageArray, input_size: tuple[int, int]) -> list[Detection]:
         canvas, scale = letterbox(image, input_size)
