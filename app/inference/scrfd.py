@@ -26,9 +26,11 @@ CLOSEUP_CANVAS_FACTOR = 2.0
 # A face whose box spans this fraction of the photo's width or height is often
 # found, but with a low score and loose landmarks (measured on CFP frontal
 # close-ups: scores 0.51-0.58 for faces filling 70% x 90% of the frame, against
-# 0.8-0.9 once padded). Such photos get the padded pass too; for each face the
-# better-scored detection of the two passes is kept.
+# 0.8-0.9 once padded). Such a face scored below CLOSEUP_SCORE sends the photo
+# through the padded pass too; for each face the better-scored detection of the
+# two passes is kept. A confident frame-filling face (many LFW photos) keeps its one pass.
 CLOSEUP_FILL = 0.6
+CLOSEUP_SCORE = 0.7
 # Two detections of the two passes are the same face above this overlap.
 SAME_FACE_IOU = 0.5
 
@@ -274,7 +276,9 @@ class ScrfdDetector:
             return detections
         if not detections:
             return self._detect_closeup(image)
-        if fills_frame(detections, width, height, CLOSEUP_FILL):
+        if fills_frame(
+            [d for d in detections if d.score < CLOSEUP_SCORE], width, height, CLOSEUP_FILL
+        ):
             return merge_passes(detections, self._detect_closeup(image), SAME_FACE_IOU)
         return detections
 
