@@ -17,6 +17,7 @@ from app.inference.image import decode_image
 from app.inference.loader import build_detector, load_model
 from app.inference.scrfd import (
     CLOSEUP_FILL,
+    CLOSEUP_SCORE,
     SAME_FACE_IOU,
     ScrfdDetector,
     box_iou,
@@ -125,4 +126,17 @@ def test_a_photo_whose_faces_do_not_fill_it_gets_one_pass(
     first = detector.detect(image, choose_input_size(width, height, detector.manifest.input))  # type: ignore[arg-type]
 
     assert not fills_frame(first, width, height, CLOSEUP_FILL)
+    assert [(d.bbox, d.score) for d in detector.detect(image)] == [(d.bbox, d.score) for d in first]
+
+
+def test_a_confident_face_filling_the_frame_keeps_its_one_pass(
+    detector: ScrfdDetector, data_root: Path
+) -> None:
+    path = data_root / "lfw" / "images" / "David_McCullough" / "David_McCullough_0001.jpg"
+    image = decode_image(path.read_bytes(), max_bytes=1 << 24, max_pixels=1 << 24).pixels
+    height, width = image.shape[:2]
+    first = detector.detect(image, choose_input_size(width, height, detector.manifest.input))  # type: ignore[arg-type]
+
+    assert fills_frame(first, width, height, CLOSEUP_FILL)
+    assert min(d.score for d in first) >= CLOSEUP_SCORE
     assert [(d.bbox, d.score) for d in detector.detect(image)] == [(d.bbox, d.score) for d in first]
