@@ -291,7 +291,7 @@ def summarise(set_name: str, clients: int, tallies: dict[str, Tally]) -> dict[st
 
 # --- in-process stage breakdown --------------------------------------------------------------
 
-STAGES = ("decode", "detect", "align", "embed", "search", "serialise")
+STAGES = ("decode", "detect", "refine", "align", "embed", "search", "serialise")
 
 
 def stage_breakdown(
@@ -307,7 +307,9 @@ def stage_breakdown(
         marks.append(time.perf_counter())
         detections = pipeline.detect(decoded.pixels)
         marks.append(time.perf_counter())
-        aligned = [pipeline.aligner(decoded.pixels, d.landmarks) for d in detections]
+        refined = pipeline.refine(decoded.pixels, detections)  # augment.landmarks: mirror
+        marks.append(time.perf_counter())
+        aligned = [pipeline.aligner(decoded.pixels, d.landmarks) for d in refined]
         marks.append(time.perf_counter())
         embeddings = (
             pipeline.embedder.embed(np.stack(aligned))
