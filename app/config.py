@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     models_dir: Path = Field(Path("models-data"), description="folder holding the .onnx files")
     catalog_dir: Path | None = Field(None, description="manifest catalog (default: repo models/)")
     detector: str = Field("scrfd_500m", description="catalog name or manifest path")
-    recognizer: str = Field("w600k_mbf_int8_mirror", description="catalog name or manifest path")
+    recognizer: str = Field("w600k_mbf_int8", description="catalog name or manifest path")
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
         description="onnxruntime execution providers in order, comma separated",

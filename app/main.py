@@ -194,7 +194,8 @@ def build_stream_hub(runtime: Runtime) -> StreamHub:
             max_pixels=settings.stream_max_frame_pixels,
         ),
         detect=scaled_detector(build_detector(runtime.detector), settings.stream_detect_size),
-        embed=runtime.service.pipeline.embed,
+        # Frames: plain landmarks (same embedding space), names decided by votes.
+        embed=partial(runtime.service.pipeline.embed, refine=False),
         gallery=runtime.service.gallery,
         threshold=runtime.service.threshold,
         policy=ReidPolicy(

@@ -93,13 +93,17 @@ class FacePipeline:
             self.observer.faces_dropped(len(detections) - len(kept))
         return kept
 
-    def embed(self, image: ImageArray, detections: list[Detection]) -> list[EmbeddedFace]:
-        """Refine landmarks (when configured), align every detection, embed them in one batch.
+    def embed(
+        self, image: ImageArray, detections: list[Detection], *, refine: bool = True
+    ) -> list[EmbeddedFace]:
+        """Refine landmarks (when configured and ``refine``), align every detection, and
+        embed them in one batch.
 
         The faces returned carry the detections as given; only the crops use the
-        refined landmarks.
+        refined landmarks. Live streams pass ``refine=False``: the refinement is one
+        more detector pass over the whole frame, which would delay every name.
         """
-        crops = self.align(image, self.refine(image, detections))
+        crops = self.align(image, self.refine(image, detections) if refine else detections)
         return self.embed_aligned(detections, crops)
 
     def refine(self, image: ImageArray, detections: list[Detection]) -> list[Detection]:

@@ -20,6 +20,15 @@ BUSH_NAME, RUMSFELD_NAME = "George W. Bush", "Donald Rumsfeld"
 
 
 @pytest.fixture(scope="module")
+def client(build_client: ClientFactory) -> TestClient:
+    """One inference worker: frames and background recognitions take turns, so the
+    frame counts these tests expect names by hold on a loaded machine too. (With one
+    worker per core, the default, frames run beside recognitions and names arrive
+    after more frames, not later in time.)"""
+    return build_client(inference_workers=1)
+
+
+@pytest.fixture(scope="module")
 def bush(load_photo: LoadPhoto, lfw_photo: LfwPhoto) -> Any:
     return load_photo(lfw_photo("George_W_Bush", 65))
 
