@@ -28,7 +28,7 @@ def test_ready_describes_the_loaded_models(client: TestClient) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "ready"
-    for role, name in (("detector", "scrfd_500m"), ("recognizer", "w600k_mbf_int8_mirror")):
+    for role, name in (("detector", "scrfd_500m"), ("recognizer", "w600k_mbf_int8")):
         model = body[role]
         manifest, _ = resolve_manifest(name)
         assert model["name"] == name
@@ -44,7 +44,7 @@ def test_ready_describes_the_loaded_models(client: TestClient) -> None:
 
 
 def test_ready_reports_the_recognizer_threshold(client: TestClient) -> None:
-    manifest, _ = resolve_manifest("w600k_mbf_int8_mirror")
+    manifest, _ = resolve_manifest("w600k_mbf_int8")
     assert manifest.thresholds is not None
 
     assert client.get("/ready").json()["threshold"] == manifest.thresholds.match
