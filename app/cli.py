@@ -13,7 +13,7 @@ import importlib.metadata
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -294,13 +294,17 @@ def _gallery_import_embeddings(args: argparse.Namespace) -> int:
 
 def _gallery_import_photos(args: argparse.Namespace) -> int:
     from app.bulk.photos import import_photos
-    from app.main import build_service, load_models
+    from app.main import build_service, load_models, start_batcher
     from app.observability.metrics import Metrics
 
     settings, collection = _bulk_settings(args)
     detector, recognizer = load_models(settings)
-    with _open_bulk_gallery(settings) as gallery:
-        service = build_service(settings, detector, recognizer, gallery, Metrics())
+    metrics = Metrics()
+    with (
+        _open_bulk_gallery(settings) as gallery,
+        closing(start_batcher(settings, recognizer, metrics)) as batcher,
+    ):
+        service = build_service(settings, detector, recognizer, gallery, metrics, batcher)
         done = import_photos(
             service,
             collection,

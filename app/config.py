@@ -34,8 +34,10 @@ class Settings(BaseSettings):
     store_aligned_crops: bool = Field(True, description="keep 112x112 crops to re-embed later")
 
     # --- compute -------------------------------------------------------------------
-    inference_workers: int = Field(1, ge=1, description="requests running inference at once")
-    intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per session, 0 = auto")
+    inference_workers: int = Field(
+        0, ge=0, description="requests running decode/detect/align at once, 0 = one per core"
+    )
+    intra_op_threads: int = Field(0, ge=0, description="threads per session, 0 = auto")
 
     # --- limits and policies ----------------------------------------------------------
     max_image_bytes: int = Field(20 * MIB, ge=1024)
@@ -165,12 +167,33 @@ class Settings(BaseSettings):
         description="enroll: face quality score needed (size, sharpness, pose, confidence)",
     )
 
+    # --- inference engine and scheduling (issue 9) -----------------------------------
+    engine: Literal["auto", "onnxruntime", "openvino"] = Field(
+        "auto",
+        description="auto: OpenVINO when installed and only the CPU provider is asked for, "
+        "else onnxruntime (CUDA/TensorRT)",
+    )
+    openvino_devices: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["CPU"],
+        description="OpenVINO devices, comma separated; every one is required",
+    )
+    batch_max_size: int = Field(
+        0, ge=0, description="recognizer faces per batch across requests, 0 = the manifest's"
+    )
+    batch_max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="how long a batch waits for more faces; 0 = only what is already queued",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _split_providers(cls, values: dict[str, object]) -> dict[str, object]:
-        providers = values.get("providers")
-        if isinstance(providers, str):
-            values["providers"] = [p.strip() for p in providers.split(",") if p.strip()]
+        for key in ("providers", "openvino_devices"):
+            listed = values.get(key)
+            if isinstance(listed, str):
+                values[key] = [p.strip() for p in listed.split(",") if p.strip()]
         return values
 
     @field_validator("database_url", mode="before")
@@ -192,15 +215,24 @@ class Settings(BaseSettings):
             )
         return self
 
+    def resolved_inference_workers(self) -> int:
+        """0 = one worker per core: each runs one request's CPU stages at a time."""
+        return self.inference_workers or available_cores()
+
     def resolved_intra_op_threads(self) -> int:
         """Cores divided among the concurrent inference workers, so they never oversubscribe."""
         if self.intra_op_threads:
             return self.intra_op_threads
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return max(1, (cores or 1) // self.inference_workers)
+        return max(1, available_cores() // self.resolved_inference_workers())
 
     def resolved_inference_slots_per_key(self) -> int:
         """Admission slots one key may hold: half of all of them (rounded up) by default, so
         a second tenant always finds room."""
-        slots = self.inference_workers + self.inference_queue
+        slots = 2 * self.resolved_inference_workers() + self.inference_queue
         return min(slots, self.inference_slots_per_key or (slots + 1) // 2)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)

@@ -239,3 +239,12 @@ class CropNotFound(FaceRecError):
     """The face exists but its aligned crop was not stored (FACEREC_STORE_ALIGNED_CROPS off)."""
 
     code = "crop_not_found"
+
+
+# --- inference engines (issue 9) -------------------------------------------------
+
+
+class EngineUnavailable(ModelError):
+    """The configured inference engine (FACEREC_ENGINE) is not installed."""
+
+    code = "engine_unavailable"

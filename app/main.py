@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -37,13 +38,16 @@ from app.auth.bootstrap import open_guard
 from app.auth.dependencies import API_KEY_HEADER
 from app.auth.guard import Guard
 from app.auth.keystore import KeyStore
-from app.config import Settings
+from app.config import Settings, available_cores
 from app.core.pipeline import FacePipeline
 from app.core.service import FaceService, QualityGate
 from app.gallery import Gallery, open_gallery
 from app.inference.align import align_face
+from app.inference.batcher import BatchingEmbedder
+from app.inference.engines.factory import resolve_engine
 from app.inference.image import declared_pixels, decode_image
 from app.inference.loader import LoadedModel, build_detector, build_embedder, load_model
+from app.inference.manifest import DetectorInput
 from app.inference.session import RuntimeOptions
 from app.observability.logging import configure_logging
 from app.observability.metrics import Metrics, timed
@@ -75,8 +79,11 @@ class Runtime:
     turns: FairTurns
     # The PostgreSQL connections gallery and keys share (FACEREC_DATABASE_URL), or None.
     database: Database | None = None
+    batcher: BatchingEmbedder | None = None
 
     def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         if self.guard.store is not None:
             self.guard.store.close()
         self.service.gallery.close()
@@ -84,10 +91,39 @@ class Runtime:
             self.database.close()
 
 
+def engine_options(settings: Settings) -> tuple[RuntimeOptions, RuntimeOptions]:
+    """(detector, recognizer) session options; docs/performance.md has the measurements.
+
+    The detector runs in the request workers, one call per worker at once, each
+    with its share of the cores. The recognizer runs in the batcher's single
+    runner, so one call at a time with every core (a batch of faces from several
+    requests parallelises well; a lone face still gets the low latency).
+    """
+    engine = resolve_engine(settings.engine, tuple(settings.providers))
+    workers = settings.resolved_inference_workers()
+    common = RuntimeOptions(
+        engine=engine,
+        providers=tuple(settings.providers),
+        devices=tuple(settings.openvino_devices),
+    )
+    detector = replace(
+        common, intra_op_threads=settings.resolved_intra_op_threads(), streams=workers
+    )
+    recognizer = replace(common, intra_op_threads=settings.intra_op_threads or available_cores())
+    return detector, recognizer
+
+
+def detector_side(detector: LoadedModel) -> int:
+    """The longest side the detector ever looks at: large JPEGs are decoded down to it."""
+    spec = detector.manifest.input
+    assert isinstance(spec, DetectorInput)  # load_model checked the kind
+    return spec.max_side if spec.size_policy == "adaptive" else max(spec.size)
+
+
 def load_models(settings: Settings) -> tuple[LoadedModel, LoadedModel]:
     """The configured detector and recognizer, sessions sized from the settings."""
     threads = settings.resolved_intra_op_threads()
-    options = RuntimeOptions(providers=tuple(settings.providers), intra_op_threads=threads)
+    detector_options, recognizer_options = engine_options(settings)
     # FAISS searches run inside the same bounded workers as inference: give them
     # the same share of cores instead of one OpenMP thread per core each.
     faiss.omp_set_num_threads(threads)
@@ -99,7 +135,10 @@ def load_models(settings: Settings) -> tuple[LoadedModel, LoadedModel]:
             catalog_dir=settings.catalog_dir,
             options=options,
         )
-        for ref, kind in ((settings.detector, "detector"), (settings.recognizer, "recognizer"))
+        for ref, kind, options in (
+            (settings.detector, "detector", detector_options),
+            (settings.recognizer, "recognizer", recognizer_options),
+        )
     )
     return detector, recognizer
 
@@ -128,34 +167,35 @@ def build_service(
     recognizer: LoadedModel,
     gallery: Gallery,
     metrics: Metrics,
+    batcher: BatchingEmbedder,
 ) -> FaceService:
-    """Enroll / identify / verify on the loaded models and the gallery (server and CLI)."""
+    """Enroll / identify / verify on the loaded models and the gallery (server and CLI).
+
+    ``batcher`` (``start_batcher``) embeds every face; the caller closes it."""
     manifest = recognizer.manifest
     assert manifest.thresholds is not None  # the manifest validator requires it
+    face_detector = build_detector(detector)
     pipeline = FacePipeline(
-        build_detector(detector),
-        build_embedder(recognizer),
+        face_detector,
+        batcher,
         align_face,
         max_faces=settings.max_faces_per_image,
         observer=metrics,
+        refiner=face_detector.refine_landmarks if manifest.augment.landmarks == "mirror" else None,
     )
     threshold = (
         settings.match_threshold
         if settings.match_threshold is not None
         else manifest.thresholds.match
     )
+    full_decode = partial(
+        decode_image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+    )
     return FaceService(
         pipeline,
         gallery,
-        timed(
-            metrics,
-            "decode",
-            partial(
-                decode_image,
-                max_bytes=settings.max_image_bytes,
-                max_pixels=settings.max_image_pixels,
-            ),
-        ),
+        timed(metrics, "decode", partial(full_decode, reduce_to=detector_side(detector))),
+        full_decoder=timed(metrics, "decode", full_decode),
         threshold=threshold,
         gate=QualityGate(
             min_face_size=settings.min_face_size,
@@ -165,6 +205,20 @@ def build_service(
         store_aligned_crops=settings.store_aligned_crops,
         probe=declared_pixels,
         max_request_pixels=settings.max_request_pixels,
+        cpu_stages=threading.BoundedSemaphore(settings.resolved_inference_workers()),
+    )
+
+
+def start_batcher(
+    settings: Settings, recognizer: LoadedModel, metrics: Metrics
+) -> BatchingEmbedder:
+    """The recognizer behind one batching thread shared by every request and stream."""
+    embedder = build_embedder(recognizer)
+    return BatchingEmbedder(
+        embedder,
+        max_batch=settings.batch_max_size or embedder.max_batch,
+        max_wait_s=settings.batch_max_wait_ms / 1000,
+        observe=metrics.recognizer_batch,
     )
 
 
@@ -195,24 +249,29 @@ def build_runtime(settings: Settings) -> Runtime:
         raise
     metrics = Metrics()
     metrics.watch_gallery(gallery.stats)
-    service = build_service(settings, detector, recognizer, gallery, metrics)
+    batcher = start_batcher(settings, recognizer, metrics)
+    service = build_service(settings, detector, recognizer, gallery, metrics, batcher)
+    # Requests inside the service at once: one per CPU-stage slot, and as many
+    # again waiting for the recognizer with their slots given back.
+    inside = 2 * settings.resolved_inference_workers()
     admission = AdmissionGate(
-        settings.inference_workers + settings.inference_queue,
+        inside + settings.inference_queue,
         per_tenant=settings.resolved_inference_slots_per_key(),
     )
-    turns = FairTurns(settings.inference_workers)
+    turns = FairTurns(inside)
     metrics.watch_admission(lambda: admission.in_use, lambda: turns.waiting)
     return Runtime(
         service=service,
         detector=detector,
         recognizer=recognizer,
         settings=settings,
-        inference_limiter=anyio.CapacityLimiter(settings.inference_workers),
+        inference_limiter=anyio.CapacityLimiter(inside),
         guard=guard,
         metrics=metrics,
         admission=admission,
         turns=turns,
         database=database,
+        batcher=batcher,
     )
 
 
@@ -254,7 +313,8 @@ def build_stream_hub(runtime: Runtime) -> StreamHub:
             max_pixels=settings.stream_max_frame_pixels,
         ),
         detect=scaled_detector(build_detector(runtime.detector), settings.stream_detect_size),
-        embed=runtime.service.pipeline.embed,
+        # Frames: plain landmarks (same embedding space), names decided by votes.
+        embed=partial(runtime.service.pipeline.embed, refine=False),
         gallery=runtime.service.gallery,
         threshold=runtime.service.threshold,
         policy=ReidPolicy(

@@ -163,7 +163,10 @@ class ModelReadiness(BaseModel):
     name: str
     model_id: str
     sha256: str
-    providers: list[str] = Field(description="onnxruntime providers actually in use")
+    providers: list[str] = Field(
+        description="onnxruntime providers, or OpenVINO devices, actually in use"
+    )
+    engine: str = Field(description="inference engine running the model: onnxruntime or openvino")
 
 
 class ReadyResponse(BaseModel):

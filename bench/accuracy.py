@@ -255,6 +255,14 @@ def print_summary(results: dict[str, Any]) -> None:
             f"  ({celeba['correct']}/{celeba['probes']}; probes without a face: "
             f"{celeba['probes_without_face']}; enrollment photos rejected: {rejected})"
         )
+    if "cfp" in results:
+        cfp = results["cfp"]
+        print(
+            f"CFP close-ups rank-1   {cfp['rank1'] * 100:.2f}%  ({cfp['correct']}/{cfp['probes']}; "
+            f"{cfp['identities']} identities; enrollments refused: "
+            f"{len(cfp['refused_enrollments'])}; probes without a face: "
+            f"{cfp['probes_without_face']})"
+        )
     before, after = results["machine"], results["machine_after"]
     print(
         f"load average (1m) {before['load_average_1m_5m'][0]:.2f} at start, "
@@ -281,6 +289,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-lfw", action="store_true", help="no LFW, no calibration")
     parser.add_argument("--skip-celeba", action="store_true", help="no CelebA identification")
+    parser.add_argument("--skip-cfp", action="store_true", help="no CFP close-up identification")
+    parser.add_argument(
+        "--cfp-identities",
+        type=int,
+        default=450,
+        help="CFP identities in the close-up gallery (default 450, all; 50 for a quick look)",
+    )
     return parser.parse_args(argv)
 
 
@@ -321,6 +336,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             if args.url:  # leave a shared server's gallery as we found it
                 identities = {row.identity for row in read_celeba(args.data_root / "celeba")}
                 delete_subjects(service.client, collection, sorted(identities))
+        if not args.skip_cfp:
+            from bench.closeups import delete_cfp_subjects, print_cfp, run_cfp
+
+            collection = f"bench-cfp-{int(time.time())}"
+            cfp_dir = args.data_root / "cfp"
+            cfp = run_cfp(service.client, cfp_dir, collection, args.cfp_identities)
+            print_cfp(cfp)
+            results["cfp"] = {**asdict(cfp), "rank1": cfp.rank1}
+            if args.url:
+                delete_cfp_subjects(service.client, collection, cfp, cfp_dir)
     results["machine_after"] = machine_description()
     print_summary(results)
     if args.json_out:

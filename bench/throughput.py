@@ -1,176 +1,156 @@
-"""Throughput of our face pipeline against insightface's FaceAnalysis, same images, same files.
+"""Throughput over HTTP: our real server process against the plain insightface wrapper.
 
 Run from the repository root::
 
-    python -m bench.throughput                      # 7 photos + 100 LFW + 60 CelebA images
-    python -m bench.throughput --passes 5 --threads 2
+    python -m bench.throughput                          # defaults below, 10-20 min on 2 cores
+    python -m bench.throughput --clients 4 --passes 1   # the goal's figures only, quicker
+    python -m bench.throughput --variant "onnxruntime:FACEREC_ENGINE=onnxruntime"  # one more
 
-Every image is decoded once up front (the service's decoder, RGB for us, a BGR copy
-for insightface); decoding is excluded from all timings. Both sides run the same
-two ONNX files with the same onnxruntime thread count and detection score
-threshold, one image at a time, and the contenders take turns image by image so a
-change in background load hits all of them alike.
+Two servers run side by side on this machine: ``facerec serve`` (``app.cli``, the
+default configuration but ``FACEREC_AUTH=off``, since the wrapper has no keys
+either) and ``bench/insightface_server.py`` (insightface ``FaceAnalysis``, det
+640, on copies of the same two model files). Both get ``POST /embed`` with the
+same image bytes, from ``--clients`` concurrent HTTP clients. The image set is
+cut into chunks and the two servers take turns chunk by chunk, in a rotating
+order, so load from other processes falls on both alike. Printed per image set
+and client count: images/s, faces/s, the ratio ours / wrapper, latency p50 and
+p99 per request (client side: upload, queueing, inference, JSON, download).
+Then the in-process stage breakdown of our pipeline (decode, detect, align,
+embed, search, serialise) on the same images.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import shutil
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
-import onnxruntime as ort
 
+from app.api.recognition import quality_out
 from app.config import Settings
-from app.core.pipeline import FacePipeline
-from app.core.types import ImageArray
-from app.inference.align import align_face
+from app.core.quality import assess_face
+from app.core.service import FaceService
 from app.inference.catalog import resolve_manifest
-from app.inference.manifest import DetectorInput, RecognizerInput
-from app.main import Runtime, build_runtime
+from app.inference.manifest import resolve_model_file
+from app.main import build_runtime
+from app.schemas import EmbeddedFaceOut, EmbedResponse, ModelInfo
 from bench.common import (
+    REPO_ROOT,
     add_model_arguments,
-    available_cores,
     format_table,
     list_images,
-    load_rgb,
     machine_description,
-    model_overrides,
     print_machine,
-    read_celeba,
     write_json,
 )
 
-# insightface 2.1's FaceAnalysis.prepare default when det_size is not given.
-INSIGHTFACE_DEFAULT_DET_SIZES = [(128, 128), (640, 640)]
-CLASSIC_DET_SIZE = (640, 640)
-
-Analyze = Callable[[ImageArray], int]  # one image -> number of faces embedded
+STARTUP_TIMEOUT_S = 180.0
+REQUEST_TIMEOUT_S = 300.0
+OURS, WRAPPER = "ours", "insightface wrapper"
 
 
-@dataclass(slots=True)
-class Contender:
-    name: str
-    images: list[ImageArray]  # RGB for ours, BGR for insightface
-    analyze: Analyze
-    seconds: list[float] = field(default_factory=list)
-    faces_per_image: list[int] = field(default_factory=list)
-
-    def time_image(self, index: int) -> float:
-        start = time.perf_counter()
-        self.analyze(self.images[index])
-        return time.perf_counter() - start
+# --- servers -------------------------------------------------------------------------------
 
 
-# --- image set ---------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
-def image_set(data_root: Path, lfw_count: int, celeba_count: int) -> list[Path]:
-    """All photos/, then the first N LFW and the first M CelebA images by path."""
-    photos = list_images(data_root / "photos")
-    lfw = list_images(data_root / "lfw" / "images")[:lfw_count]
-    celeba = [row.path for row in read_celeba(data_root / "celeba")][:celeba_count]
-    return [*photos, *lfw, *celeba]
+class ServerProcess:
+    """A child HTTP server on a free port; its output goes to a log file."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        with log.open("wb") as handle:
+            self.process = subprocess.Popen(
+                [*command, "--port", str(self.port)],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"{self.name} exited:\n{self.log.read_text(errors='replace')}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"{self.name} not ready after {STARTUP_TIMEOUT_S} s")
+
+    def ready_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = httpx.get(f"{self.url}/ready", timeout=10).json()
+        return body
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
-# --- ours -------------------------------------------------------------------------------
+def clean_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
 
 
-def write_variant(
-    ref: str, catalog_dir: Path | None, out_dir: Path, suffix: str, **sections: dict[str, Any]
-) -> str:
-    """A copy of a manifest with fields of some sections changed, e.g.
-    ``import_steps={"dequantize": False}``; returns its path (validated when loaded)."""
-    manifest, _ = resolve_manifest(ref, catalog_dir)
-    changes: dict[str, Any] = {"name": f"{manifest.name}-{suffix}"}
-    for section, fields in sections.items():
-        changes[section] = getattr(manifest, section).model_copy(update=fields)
-    variant = manifest.model_copy(update=changes)
-    path = out_dir / f"{variant.name}.json"
-    path.write_text(variant.model_dump_json(indent=2), encoding="utf-8")
-    return str(path)
-
-
-def describe(runtime: Runtime) -> str:
-    detector, recognizer = runtime.detector.manifest, runtime.recognizer.manifest
-    assert isinstance(detector.input, DetectorInput)  # loader checked the kinds
-    assert isinstance(recognizer.input, RecognizerInput)
-    scale = (
-        f"{detector.input.size[0]}x{detector.input.size[1]}"
-        if detector.input.size_policy == "fixed"
-        else f"adaptive <= {detector.input.max_side}"
+def start_ours(
+    name: str,
+    models_dir: Path,
+    scratch: Path,
+    overrides: dict[str, str],
+    models: dict[str, str],
+) -> ServerProcess:
+    env = clean_environment()
+    env.update(
+        FACEREC_MODELS_DIR=str(models_dir),
+        FACEREC_DATA_DIR=str(scratch / f"gallery-{len(list(scratch.iterdir()))}"),
+        FACEREC_AUTH="off",
+        FACEREC_LOG_LEVEL="WARNING",
     )
-    weights = "dequantized" if recognizer.import_steps.dequantize else "as is"
-    flip = ", flip-sum" if recognizer.augment.flip else ""
-    return (
-        f"{detector.name} ({scale}) + {recognizer.name} ({weights}{flip}, "
-        f"batch <= {recognizer.input.max_batch})"
-    )
+    env.update({f"FACEREC_{k.upper()}": v for k, v in models.items()})
+    env.update(overrides)
+    command = [sys.executable, "-m", "app.cli", "serve"]
+    log = scratch / f"{name.replace(' ', '_').replace('/', '_')}.log"
+    return ServerProcess(name, command, env, log)
 
 
-def our_analyze(pipeline: FacePipeline) -> Analyze:
-    return lambda image: len(pipeline.analyze(image))
-
-
-STAGES = ("detect", "align", "embed")
-
-
-def time_our_stages(pipeline: FacePipeline, image: ImageArray, totals: dict[str, float]) -> None:
-    """Add one image's seconds in detect (letterbox, network, output decode, NMS; the
-    close-up retry when nothing was found), align and embed, timed apart."""
-    start = time.perf_counter()
-    detections = pipeline.detect(image)
-    detected = time.perf_counter()
-    totals["detect"] += detected - start
-    if detections:
-        aligned_faces = np.stack([align_face(image, d.landmarks) for d in detections])
-        aligned = time.perf_counter()
-        pipeline.embedder.embed(aligned_faces)
-        totals["align"] += aligned - detected
-        totals["embed"] += time.perf_counter() - aligned
-
-
-# --- insightface reference ------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Reference:
-    how: str  # "FaceAnalysis" or the fallback composition
-    detector: Any  # insightface SCRFD
-    recognizer: Any  # insightface ArcFaceONNX
-    analyze: Analyze
-
-
-def reference_session_options(threads: int) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return options
-
-
-def write_insightface_package(package_dir: Path, runtime: Runtime) -> None:
-    """An insightface 2.1 model package (manifest V2) holding exactly our two files.
-
-    insightface resolves task files inside the package directory (symlinks out of it
-    are refused), so the files are copied; their sha256 is checked on load.
-    """
+def write_insightface_package(package_dir: Path, files: Sequence[tuple[str, Path, str]]) -> None:
+    """An insightface 2.1 model package (manifest V2) holding copies of our two files."""
     package_dir.mkdir(parents=True, exist_ok=True)
     tasks = {}
-    for task, model in (("detection", runtime.detector), ("recognition", runtime.recognizer)):
-        shutil.copyfile(model.path, package_dir / model.path.name)
-        tasks[task] = {"file": model.path.name, "sha256": model.manifest.sha256}
-    (package_dir / "MODEL.LICENSE").write_text(runtime.recognizer.manifest.licence + "\n")
+    for task, path, sha256 in files:
+        shutil.copyfile(path, package_dir / path.name)
+        tasks[task] = {"file": path.name, "sha256": sha256}
+    (package_dir / "MODEL.LICENSE").write_text("InsightFace: non-commercial research use\n")
     manifest = {
         "manifest_version": 2,
         "model_id": "facerec-bench",
@@ -180,336 +160,410 @@ def write_insightface_package(package_dir: Path, runtime: Runtime) -> None:
     (package_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
-def detection_threshold(runtime: Runtime) -> float:
-    """Our detector manifest's score threshold, given to insightface too."""
-    spec = runtime.detector.manifest.detector
-    assert spec is not None  # the manifest validator requires it for detectors
-    return spec.score_threshold
+def start_wrapper(settings: Settings, scratch: Path, providers: str) -> ServerProcess:
+    files = []
+    for task, ref in (("detection", settings.detector), ("recognition", settings.recognizer)):
+        manifest, manifest_path = resolve_manifest(ref, settings.catalog_dir)
+        path = resolve_model_file(manifest, [manifest_path.parent, settings.models_dir])
+        files.append((task, path, manifest.sha256))
+    detector, _ = resolve_manifest(settings.detector, settings.catalog_dir)
+    assert detector.detector is not None  # the manifest validator requires it
+    package = scratch / "insightface-package"
+    write_insightface_package(package, files)
+    command = [
+        sys.executable,
+        "-m",
+        "bench.insightface_server",
+        "--package",
+        str(package),
+        "--det-thresh",
+        str(detector.detector.score_threshold),
+        "--providers",
+        providers,
+    ]
+    return ServerProcess(WRAPPER, command, clean_environment(), scratch / "wrapper.log")
 
 
-def face_analysis_reference(
-    package_dir: Path, det_size: Any, threads: int, det_threshold: float
-) -> Reference:
-    from insightface.app import FaceAnalysis
-
-    app = FaceAnalysis(
-        name=str(package_dir),
-        allowed_modules=["detection", "recognition"],
-        providers=["CPUExecutionProvider"],
-        sess_options=reference_session_options(threads),
-    )
-    app.prepare(ctx_id=-1, det_thresh=det_threshold, det_size=det_size)
-    return Reference(
-        "FaceAnalysis",
-        app.det_model,
-        app.models["recognition"],
-        lambda image: len(app.get(image)),
-    )
+# --- load generation -------------------------------------------------------------------------
 
 
-def composed_reference(runtime: Runtime, det_size: Any, threads: int) -> Reference:
-    """FaceAnalysis.get by hand from model_zoo parts: detect, then per face norm_crop + get_feat."""
-    from insightface.app.common import Face
-    from insightface.model_zoo import model_zoo
+@dataclass(slots=True)
+class Tally:
+    """One contender's requests for one (image set, client count)."""
 
-    session = {
-        "providers": ["CPUExecutionProvider"],
-        "sess_options": reference_session_options(threads),
-    }
-    detector = model_zoo.get_model(str(runtime.detector.path), **session)
-    recognizer = model_zoo.get_model(str(runtime.recognizer.path), **session)
-    detector.prepare(-1, input_size=det_size, det_thresh=detection_threshold(runtime))
-    recognizer.prepare(-1)
-
-    def analyze(image: ImageArray) -> int:
-        boxes, landmarks = detector.detect(image, max_num=0, metric="default")
-        for box, points in zip(boxes, landmarks, strict=True):
-            recognizer.get(image, Face(bbox=box[:4], kps=points, det_score=box[4]))
-        return int(boxes.shape[0])
-
-    return Reference(
-        "model_zoo SCRFD + ArcFaceONNX (FaceAnalysis.get by hand)", detector, recognizer, analyze
-    )
+    seconds: float = 0.0
+    images: int = 0
+    faces: int = 0
+    latencies: list[float] = field(default_factory=list)
+    faces_per_image: dict[int, int] = field(default_factory=dict)
 
 
-def build_reference(package_dir: Path, runtime: Runtime, det_size: Any, threads: int) -> Reference:
-    try:
-        return face_analysis_reference(package_dir, det_size, threads, detection_threshold(runtime))
-    except Exception as exc:  # any failure of the third-party loader means: use the fallback
-        print(
-            f"note: FaceAnalysis could not be built from our files ({exc}); "
-            "composing model_zoo parts instead"
-        )
-        return composed_reference(runtime, det_size, threads)
+def run_chunk(url: str, payloads: Sequence[tuple[int, bytes]], clients: int, tally: Tally) -> None:
+    """Send ``payloads`` with ``clients`` concurrent clients; add the wall time to ``tally``."""
+    position = 0
+    lock = threading.Lock()
+    errors: list[BaseException] = []
 
+    def client() -> None:
+        nonlocal position
+        with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as http:
+            while True:
+                with lock:
+                    if position >= len(payloads) or errors:
+                        return
+                    index, data = payloads[position]
+                    position += 1
+                try:
+                    start = time.perf_counter()
+                    response = http.post("/embed", files={"image": ("image", data)})
+                    elapsed = time.perf_counter() - start
+                    response.raise_for_status()
+                    faces = len(response.json()["faces"])
+                except BaseException as exc:  # collected, re-raised by the caller
+                    with lock:
+                        errors.append(exc)
+                    return
+                with lock:
+                    tally.latencies.append(elapsed)
+                    tally.faces += faces
+                    tally.images += 1
+                    tally.faces_per_image.setdefault(index, faces)
 
-def time_reference_stages(
-    reference: Reference, image: ImageArray, totals: dict[str, float]
-) -> None:
-    """The same split for insightface: detect, then norm_crop and get_feat per face."""
-    from insightface.utils import face_align
-
+    threads = [threading.Thread(target=client) for _ in range(clients)]
     start = time.perf_counter()
-    _, landmarks = reference.detector.detect(image, max_num=0, metric="default")
-    totals["detect"] += time.perf_counter() - start
-    for points in landmarks:
-        start = time.perf_counter()
-        crop = face_align.norm_crop(
-            image, landmark=points, image_size=reference.recognizer.input_size[0]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    tally.seconds += time.perf_counter() - start
+    if errors:
+        raise errors[0]
+
+
+def chunks(payloads: list[tuple[int, bytes]], size: int) -> list[list[tuple[int, bytes]]]:
+    return [payloads[start : start + size] for start in range(0, len(payloads), size)]
+
+
+def measure(
+    servers: Sequence[ServerProcess],
+    payloads: list[tuple[int, bytes]],
+    clients: int,
+    passes: int,
+    chunk_size: int,
+) -> dict[str, Tally]:
+    tallies = {server.name: Tally() for server in servers}
+    turn = 0
+    for _ in range(passes):
+        for chunk in chunks(payloads, chunk_size):
+            order = [servers[(turn + k) % len(servers)] for k in range(len(servers))]
+            turn += 1
+            for server in order:
+                run_chunk(server.url, chunk, clients, tallies[server.name])
+    return tallies
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def summarise(set_name: str, clients: int, tallies: dict[str, Tally]) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    for name, tally in tallies.items():
+        rows[name] = {
+            "images": tally.images,
+            "faces": tally.faces,
+            "seconds": tally.seconds,
+            "images_per_s": tally.images / tally.seconds,
+            "faces_per_s": tally.faces / tally.seconds,
+            "latency_p50_ms": percentile(tally.latencies, 50) * 1000,
+            "latency_p99_ms": percentile(tally.latencies, 99) * 1000,
+        }
+    theirs = rows[WRAPPER]
+    for row in rows.values():
+        row["images_per_s_ratio"] = row["images_per_s"] / theirs["images_per_s"]
+        row["faces_per_s_ratio"] = row["faces_per_s"] / theirs["faces_per_s"]
+    return {
+        "set": set_name,
+        "clients": clients,
+        "contenders": rows,
+        "images_per_s_ratio": rows[OURS]["images_per_s_ratio"],
+        "faces_per_s_ratio": rows[OURS]["faces_per_s_ratio"],
+    }
+
+
+# --- in-process stage breakdown --------------------------------------------------------------
+
+STAGES = ("decode", "detect", "refine", "align", "embed", "search", "serialise")
+
+
+def stage_breakdown(
+    service: FaceService, images: Sequence[bytes], model: ModelInfo
+) -> dict[str, float]:
+    """Seconds per stage over ``images``, through the service's own objects, one at a time."""
+    pipeline = service.pipeline
+    totals = dict.fromkeys(STAGES, 0.0)
+    collection = "bench-stages"
+    for data in images:
+        marks = [time.perf_counter()]
+        decoded = service.decode(data)
+        marks.append(time.perf_counter())
+        detections = pipeline.detect(decoded.pixels)
+        marks.append(time.perf_counter())
+        refined = pipeline.refine(decoded.pixels, detections)  # augment.landmarks: mirror
+        marks.append(time.perf_counter())
+        aligned = [pipeline.aligner(decoded.pixels, d.landmarks) for d in refined]
+        marks.append(time.perf_counter())
+        embeddings = (
+            pipeline.embedder.embed(np.stack(aligned))
+            if aligned
+            else np.empty((0, pipeline.embedder.dim), np.float32)
         )
-        aligned = time.perf_counter()
-        reference.recognizer.get_feat(crop)
-        totals["align"] += aligned - start
-        totals["embed"] += time.perf_counter() - aligned
-
-
-def stage_splits(
-    pipeline: FacePipeline,
-    reference: Reference,
-    rgb: Sequence[ImageArray],
-    bgr: Sequence[ImageArray],
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Seconds per stage over the image set, ours and the reference alternating per image."""
-    ours, theirs = dict.fromkeys(STAGES, 0.0), dict.fromkeys(STAGES, 0.0)
-    for rgb_image, bgr_image in zip(rgb, bgr, strict=True):
-        time_our_stages(pipeline, rgb_image, ours)
-        time_reference_stages(reference, bgr_image, theirs)
-    return ours, theirs
-
-
-# --- measurement and report ---------------------------------------------------------------
-
-
-def measure(contenders: Sequence[Contender], passes: int) -> None:
-    """A warm-up pass each (recording face counts), then timed passes interleaved per image.
-
-    Every image is run by all contenders back to back, in an order that rotates, so
-    load from other processes (this machine is shared) falls on all of them alike.
-    """
-    for contender in contenders:
-        contender.faces_per_image = [contender.analyze(image) for image in contender.images]
-    count = len(contenders)
-    for index in range(passes):
-        totals = [0.0] * count
-        for image in range(len(contenders[0].images)):
-            for offset in range(count):
-                slot = (image + index + offset) % count
-                totals[slot] += contenders[slot].time_image(image)
-        for contender, seconds in zip(contenders, totals, strict=True):
-            contender.seconds.append(seconds)
-        print(f"  pass {index + 1}/{passes}: " + ", ".join(f"{s:.2f} s" for s in totals))
-
-
-def throughput_rows(contenders: Sequence[Contender], baseline: Contender) -> list[dict[str, Any]]:
-    rows = []
-    for contender in contenders:
-        median = statistics.median(contender.seconds)
-        faces = sum(contender.faces_per_image)
-        rows.append(
-            {
-                "name": contender.name,
-                "images": len(contender.images),
-                "faces": faces,
-                "median_pass_s": median,
-                "best_pass_s": min(contender.seconds),
-                "images_per_s": len(contender.images) / median,
-                "faces_per_s": faces / median,
-                "speed_vs_reference": statistics.median(baseline.seconds) / median,
-            }
+        marks.append(time.perf_counter())
+        if len(embeddings):
+            service.gallery.search(collection, embeddings, 5)
+        marks.append(time.perf_counter())
+        body = EmbedResponse(
+            model=model,
+            faces=[
+                EmbeddedFaceOut(
+                    bbox=d.bbox,
+                    det_score=d.score,
+                    landmarks=[(float(x), float(y)) for x, y in d.landmarks],
+                    quality=quality_out(assess_face(d, crop)),
+                    embedding=[float(v) for v in e],
+                )
+                for d, crop, e in zip(detections, aligned, embeddings, strict=True)
+            ],
         )
-    return rows
+        json.dumps(body.model_dump(mode="json"))
+        marks.append(time.perf_counter())
+        for stage, (start, end) in zip(STAGES, itertools.pairwise(marks), strict=True):
+            totals[stage] += end - start
+    return totals
 
 
-def split_rows(
-    totals: dict[str, float], images: int, faces: int
-) -> list[tuple[str, str, str, str]]:
-    whole = sum(totals.values())
-    per_face = {"align", "embed"}
-    return [
-        (
-            stage,
-            f"{seconds / images * 1000:.2f}",
-            f"{seconds / max(faces, 1) * 1000:.2f}" if stage in per_face else "",
-            f"{seconds / whole * 100:.1f}%",
-        )
-        for stage, seconds in [*totals.items(), ("total", whole)]
-    ]
+def seed_gallery(service: FaceService, images: Sequence[bytes], count: int) -> int:
+    """Enroll the largest face of the first ``count`` images (a gallery to search)."""
+    from app.core.types import NewFace
+
+    added = 0
+    for number, data in enumerate(images[:count]):
+        decoded = service.decode(data)
+        faces = service.pipeline.analyze(decoded.pixels)
+        if faces:
+            face = max(faces, key=lambda f: f.detection.area)
+            service.gallery.add_faces(
+                "bench-stages",
+                f"subject-{number}",
+                [
+                    NewFace(
+                        image_sha256=decoded.sha256,
+                        bbox=face.detection.bbox,
+                        det_score=face.detection.score,
+                        embedding=face.embedding,
+                        aligned_png=None,
+                    )
+                ],
+            )
+            added += 1
+    return added
 
 
-def count_disagreements(ours: Contender, reference: Contender, paths: Sequence[Path]) -> list[str]:
-    return [
-        f"{path.relative_to(path.parents[1])}: ours {a}, reference {b}"
-        for path, a, b in zip(paths, ours.faces_per_image, reference.faces_per_image, strict=True)
-        if a != b
-    ]
+# --- main ---------------------------------------------------------------------------------
+
+
+def image_sets(data_root: Path, lfw: int, photo_repeats: int) -> dict[str, list[tuple[int, bytes]]]:
+    lfw_paths = list_images(data_root / "lfw" / "images")[:lfw]
+    photo_paths = list_images(data_root / "photos")
+    photos = [(i, p.read_bytes()) for i, p in enumerate(photo_paths)]
+    return {
+        f"LFW ({len(lfw_paths)} images, 250x250)": [
+            (i, p.read_bytes()) for i, p in enumerate(lfw_paths)
+        ],
+        f"photos ({len(photos)} multi-face photos x {photo_repeats})": photos * photo_repeats,
+    }
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     add_model_arguments(parser)
-    parser.add_argument("--lfw", type=int, default=100, help="first N LFW images (default 100)")
-    parser.add_argument("--celeba", type=int, default=60, help="first M CelebA images (default 60)")
+    parser.add_argument("--lfw", type=int, default=600, help="first N LFW images (default 600)")
     parser.add_argument(
-        "--passes", type=int, default=3, help="timed passes per contender (default 3)"
+        "--photo-repeats", type=int, default=10, help="times the 7 photos are sent per pass"
     )
     parser.add_argument(
-        "--threads",
-        type=int,
-        default=available_cores(),
-        help="onnxruntime intra-op threads, both sides (default: the cores available)",
+        "--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients"
+    )
+    parser.add_argument("--passes", type=int, default=2, help="passes over each set")
+    parser.add_argument("--chunk", type=int, default=0, help="requests per turn (0: auto)")
+    parser.add_argument(
+        "--ours-env",
+        action="append",
+        default=[],
+        metavar="FACEREC_X=V",
+        help="a setting of our server (repeatable); the default configuration otherwise",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL:FACEREC_X=V,FACEREC_Y=W",
+        help="one more server of ours with these settings, in the same rotation (repeatable)",
+    )
+    parser.add_argument("--skip-stages", action="store_true", help="no in-process breakdown")
+    parser.add_argument(
+        "--wrapper-providers",
+        default="CPUExecutionProvider",
+        help="onnxruntime providers of the insightface wrapper (GPU runs: CUDA first)",
     )
     return parser.parse_args(argv)
 
 
-def our_runtime(base: Settings, scratch_dir: Path, name: str, **models: str) -> Runtime:
-    """The app's own composition (build_runtime), each on its own throw-away gallery."""
-    settings = base.model_copy(update={"data_dir": scratch_dir / f"gallery-{name}", **models})
-    return build_runtime(settings)
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    label, _, settings = text.partition(":")
+    env = dict(item.split("=", 1) for item in settings.split(",") if item)
+    return label, env
 
 
-def our_variants(base: Settings, scratch_dir: Path) -> dict[str, dict[str, str]]:
-    """Label -> Settings model fields of the variants, each one change from the default."""
-    catalog = base.catalog_dir
-    int8 = write_variant(
-        base.recognizer,
-        catalog,
-        scratch_dir,
-        "int8",
-        import_steps={"dequantize": False},
-        input={"max_batch": 1},  # dynamic quantisation scales over the whole batch
+def print_results(results: list[dict[str, Any]]) -> None:
+    rows = []
+    for result in results:
+        for number, (name, row) in enumerate(result["contenders"].items()):
+            rows.append(
+                (
+                    result["set"] if number == 0 else "",
+                    result["clients"],
+                    name,
+                    f"{row['images_per_s']:.1f}",
+                    f"{row['faces_per_s']:.1f}",
+                    row["faces"],
+                    f"{row['latency_p50_ms']:.0f}",
+                    f"{row['latency_p99_ms']:.0f}",
+                    f"{row['images_per_s_ratio']:.2f}x" if name != WRAPPER else "1.00x",
+                    f"{row['faces_per_s_ratio']:.2f}x" if name != WRAPPER else "1.00x",
+                )
+            )
+    headers = (
+        "image set",
+        "clients",
+        "server",
+        "images/s",
+        "faces/s",
+        "faces",
+        "p50 ms",
+        "p99 ms",
+        "images/s ratio",
+        "faces/s ratio",
     )
-    no_flip = write_variant(
-        base.recognizer, catalog, scratch_dir, "noflip", augment={"flip": False}
-    )
-    fixed = write_variant(
-        base.detector, catalog, scratch_dir, "fixed640", input={"size_policy": "fixed"}
-    )
-    return {
-        "ours (default)": {},
-        "ours, recognizer INT8 as is": {"recognizer": int8},
-        "ours, no flip-sum": {"recognizer": no_flip},
-        "ours, detector fixed 640x640": {"detector": fixed},
-    }
+    print("\n" + format_table(headers, rows))
 
 
-def print_report(
-    rows: list[dict[str, Any]],
-    disagreements: list[str],
-    splits: dict[str, tuple[dict[str, float], int]],
-    images: int,
-) -> None:
-    table = [
-        (
-            row["name"],
-            f"{row['images_per_s']:.2f}",
-            f"{row['faces_per_s']:.2f}",
-            row["faces"],
-            f"{row['median_pass_s']:.2f}",
-            f"{row['best_pass_s']:.2f}",
-            f"{row['speed_vs_reference']:.2f}x",
-        )
-        for row in rows
+def print_stages(totals: dict[str, float], images: int, faces: int, title: str) -> None:
+    whole = sum(totals.values())
+    rows = [
+        (stage, f"{s / images * 1000:.2f}", f"{s / max(faces, 1) * 1000:.2f}", f"{s / whole:.1%}")
+        for stage, s in [*totals.items(), ("total", whole)]
     ]
-    headers = ("contender", "images/s", "faces/s", "faces", "median pass s", "best pass s")
-    print("\n" + format_table((*headers, "vs insightface 640"), table))
-    print(f"\nimages where face counts differ (ours vs insightface 640): {len(disagreements)}")
-    for line in disagreements[:10]:
-        print(f"  {line}")
-    for title, (split, faces) in splits.items():
-        print(f"\nwhere the time goes: {title}")
-        stage_rows = split_rows(split, images, faces)
-        print(format_table(("stage", "ms/image", "ms/face", "share"), stage_rows))
-    ratios = {row["name"]: row["speed_vs_reference"] for row in rows}
-    print(
-        f"\nours / insightface (det_size 640): {ratios['ours (default)']:.2f}x "
-        "the images per second"
-    )
-    if "ours, no flip-sum" in ratios:
-        print(f"  same work per face (ours without flip-sum): {ratios['ours, no flip-sum']:.2f}x")
+    print(f"\nin-process stages, {title} ({images} images, {faces} faces):")
+    print(format_table(("stage", "ms/image", "ms/face", "share"), rows))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    # skimage's SimilarityTransform.estimate, called by insightface's norm_crop
-    warnings.filterwarnings("ignore", message=".*`estimate` is deprecated")
     machine = machine_description()
     print_machine(machine)
-    paths = image_set(args.data_root, args.lfw, args.celeba)
-    rgb_images = [load_rgb(path) for path in paths]
-    bgr_images = [np.ascontiguousarray(image[:, :, ::-1]) for image in rgb_images]
-    print(
-        f"images: {len(paths)} (photos/, first {args.lfw} LFW, first {args.celeba} CelebA), "
-        "decoded once up front; decoding is excluded from every timing"
-    )
-    print(f"onnxruntime: {args.threads} intra-op threads for every session, inter-op 1, sequential")
-
-    with tempfile.TemporaryDirectory(prefix="facerec-bench-") as scratch:
-        scratch_dir = Path(scratch)
-        base = Settings(
-            models_dir=args.models_dir,
-            intra_op_threads=args.threads,
-            log_level="WARNING",
-            auth=False,  # the runtime only: no HTTP, no keys to create
-        ).model_copy(update=model_overrides(args))
-        runtimes = {
-            name: our_runtime(base, scratch_dir, str(number), **models)
-            for number, (name, models) in enumerate(our_variants(base, scratch_dir).items())
-        }
-        default = runtimes["ours (default)"]
-        package_dir = scratch_dir / "insightface-package"
-        write_insightface_package(package_dir, default)
-        classic = build_reference(package_dir, default, CLASSIC_DET_SIZE, args.threads)
-        multi = build_reference(package_dir, default, None, args.threads)
-        for name, runtime in runtimes.items():
-            print(f"{name}: {describe(runtime)}")
-        print(f"reference: insightface 2.1 {classic.how}, detection + recognition only, ctx_id=-1")
-
-        contenders = [
+    overrides = dict(item.split("=", 1) for item in args.ours_env)
+    chosen = {"detector": args.detector, "recognizer": args.recognizer}
+    models = {k: v for k, v in chosen.items() if v}
+    # The in-process breakdown runs our configuration too: the same overrides.
+    fields = {k.removeprefix("FACEREC_").lower(): v for k, v in overrides.items()}
+    settings = Settings(models_dir=args.models_dir, auth=False, **{**fields, **models})
+    sets = image_sets(args.data_root, args.lfw, args.photo_repeats)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="facerec-http-bench-") as scratch_name:
+        scratch = Path(scratch_name)
+        variants = [parse_variant(text) for text in args.variant]
+        servers = [
+            start_ours(OURS, args.models_dir, scratch, overrides, models),
             *(
-                Contender(name, rgb_images, our_analyze(runtime.service.pipeline))
-                for name, runtime in runtimes.items()
+                start_ours(label, args.models_dir, scratch, {**overrides, **env}, models)
+                for label, env in variants
             ),
-            Contender("insightface det_size 640", bgr_images, classic.analyze),
-            Contender(
-                f"insightface det_size {INSIGHTFACE_DEFAULT_DET_SIZES}", bgr_images, multi.analyze
-            ),
+            start_wrapper(settings, scratch, args.wrapper_providers),
         ]
-        ours, reference = contenders[0], contenders[len(runtimes)]
-        print(f"\ntiming: 1 warm-up pass + {args.passes} timed passes, interleaved per image")
-        for number, contender in enumerate(contenders, start=1):
-            print(f"  {number}. {contender.name}")
-        measure(contenders, args.passes)
-        print("stage split: one more pass, stages timed apart, ours and insightface per image")
-        our_split, reference_split = stage_splits(
-            default.service.pipeline, classic, rgb_images, bgr_images
-        )
-        for runtime in runtimes.values():
-            runtime.service.gallery.close()
-
-    rows = throughput_rows(contenders, reference)
-    disagreements = count_disagreements(ours, reference, paths)
-    splits = {
-        ours.name: (our_split, sum(ours.faces_per_image)),
-        reference.name: (reference_split, sum(reference.faces_per_image)),
-    }
-    print_report(rows, disagreements, splits, len(paths))
+        try:
+            for server in servers:
+                server.wait_ready()
+            for server, env in zip(servers, [overrides, *(v for _, v in variants)], strict=False):
+                ready = server.ready_body()
+                print(
+                    f"{server.name}: detector {ready['detector']['model_id']} on "
+                    f"{ready['detector']['engine']} {ready['detector']['providers']}, "
+                    f"recognizer {ready['recognizer']['model_id']} on "
+                    f"{ready['recognizer']['engine']}; settings {env or 'default'}"
+                )
+            print(
+                "wrapper: insightface FaceAnalysis det_size (640, 640), default sessions, "
+                f"providers {args.wrapper_providers}"
+            )
+            for name, payloads in sets.items():
+                warm = payloads[: min(10, len(payloads))]
+                for server in servers:
+                    run_chunk(server.url, warm, 2, Tally())
+                for clients in args.clients:
+                    chunk = args.chunk or max(40, 8 * clients)
+                    tallies = measure(servers, payloads, clients, args.passes, chunk)
+                    result = summarise(name, clients, tallies)
+                    results.append(result)
+                    rates = {k: v["images_per_s"] for k, v in result["contenders"].items()}
+                    print(
+                        f"{name}, {clients} clients: ours {rates[OURS]:.1f} images/s, "
+                        f"wrapper {rates[WRAPPER]:.1f}: {result['images_per_s_ratio']:.2f}x "
+                        f"images/s, {result['faces_per_s_ratio']:.2f}x faces/s",
+                        flush=True,
+                    )
+        finally:
+            for server in servers:
+                server.stop()
+        print_results(results)
+        stages: dict[str, Any] = {}
+        if not args.skip_stages:
+            runtime = build_runtime(
+                settings.model_copy(update={"data_dir": scratch / "stages", "log_level": "WARNING"})
+            )
+            try:
+                service = runtime.service
+                model = ModelInfo(
+                    detector=runtime.detector.manifest.model_id,
+                    recognizer=runtime.recognizer.manifest.model_id,
+                )
+                for name, payloads in sets.items():
+                    unique = list(dict(payloads).values())
+                    seed_gallery(service, unique, 200)
+                    totals = stage_breakdown(service, unique, model)
+                    faces = sum(
+                        len(service.pipeline.detect(service.decode(d).pixels)) for d in unique
+                    )
+                    print_stages(totals, len(unique), faces, name)
+                    stages[name] = {"seconds": totals, "images": len(unique), "faces": faces}
+            finally:
+                runtime.close()
     after = machine_description()
     print(f"load average (1m) {after['load_average_1m_5m'][0]:.2f} at the end")
     if args.json_out:
-        results = {
-            "machine": machine,
-            "machine_after": after,
-            "threads": args.threads,
-            "images": [str(path) for path in paths],
-            "decode_in_timings": False,
-            "ours": {name: describe(runtime) for name, runtime in runtimes.items()},
-            "reference": classic.how,
-            "insightface_default_det_size": INSIGHTFACE_DEFAULT_DET_SIZES,
-            "contenders": rows,
-            "face_count_disagreements": disagreements,
-            "stage_seconds": {ours.name: our_split, reference.name: reference_split},
-        }
-        write_json(args.json_out, results)
+        write_json(
+            args.json_out,
+            {
+                "machine": machine,
+                "machine_after": after,
+                "ours_settings": overrides,
+                "results": results,
+                "stages": stages,
+                "median_ratio_images_per_s": statistics.median(
+                    r["images_per_s_ratio"] for r in results
+                ),
+            },
+        )
 
 
 if __name__ == "__main__":

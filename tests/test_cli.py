@@ -288,7 +288,7 @@ def test_models_verify_with_no_files_present_fails_and_says_how_to_get_some(
 
 
 def test_invalid_configuration_is_a_one_line_error(tmp_path: Path) -> None:
-    result = run_cli("models", "list", env={"FACEREC_INFERENCE_WORKERS": "0"})
+    result = run_cli("models", "list", env={"FACEREC_INFERENCE_WORKERS": "-1"})
 
     assert_one_line_error(result, "invalid FACEREC_* configuration")
 

@@ -170,6 +170,7 @@ def write_manifest(
     manifest = ModelManifest(
         name=name,
         kind="recognizer",
+        family="arcface",
         file=onnx_path.name,
         sha256=file_sha256(onnx_path),
         input=RecognizerInput(

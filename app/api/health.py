@@ -24,6 +24,7 @@ def _readiness(model: LoadedModel) -> ModelReadiness:
         model_id=model.manifest.model_id,
         sha256=model.manifest.sha256,
         providers=model.providers,
+        engine=model.engine,
     )
 
 

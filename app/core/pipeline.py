@@ -20,6 +20,12 @@ class Embedder(Protocol):
     def embed(self, aligned_faces: ImageArray) -> FloatArray: ...
 
 
+class LandmarkRefiner(Protocol):
+    """Better landmarks for detections of ``image`` (same faces, same order)."""
+
+    def __call__(self, image: ImageArray, detections: list[Detection]) -> list[Detection]: ...
+
+
 class Aligner(Protocol):
     def __call__(self, image: ImageArray, landmarks: FloatArray) -> ImageArray: ...
 
@@ -69,10 +75,12 @@ class FacePipeline:
         *,
         max_faces: int | None = None,
         observer: StageObserver | None = None,
+        refiner: LandmarkRefiner | None = None,
     ) -> None:
         self.detector = detector
         self.embedder = embedder
         self.aligner = aligner
+        self.refiner = refiner
         self.max_faces = max_faces
         self.observer: StageObserver = observer or _NoObserver()
 
@@ -89,16 +97,46 @@ class FacePipeline:
             self.observer.faces_dropped(len(detections) - len(kept))
         return kept
 
-    def embed(self, image: ImageArray, detections: list[Detection]) -> list[EmbeddedFace]:
-        """Align every detection and embed them all in one batch."""
+    def embed(
+        self, image: ImageArray, detections: list[Detection], *, refine: bool = True
+    ) -> list[EmbeddedFace]:
+        """Refine landmarks (when configured and ``refine``), align every detection, and
+        embed them in one batch.
+
+        The faces returned carry the detections as given; only the crops use the
+        refined landmarks. Live streams pass ``refine=False``: the refinement is one
+        more detector pass over the whole frame, which would delay every name.
+        """
+        crops = self.align(image, self.refine(image, detections) if refine else detections)
+        return self.embed_aligned(detections, crops)
+
+    def refine(self, image: ImageArray, detections: list[Detection]) -> list[Detection]:
+        """The recognizer's landmark refinement (``augment.landmarks``), or the detections."""
+        if self.refiner is None or not detections:
+            return detections
+        started = time.perf_counter()
+        refined = self.refiner(image, detections)
+        self.observer.stage_finished("refine", time.perf_counter() - started)
+        return refined
+
+    def align(self, image: ImageArray, detections: list[Detection]) -> ImageArray:
+        """(N, H, W, 3) crops of the detections, in their order."""
+        if not detections:
+            return np.empty((0, 0, 0, 3), dtype=np.uint8)
+        started = time.perf_counter()
+        aligned_faces = np.stack([self.aligner(image, d.landmarks) for d in detections])
+        self.observer.stage_finished("align", time.perf_counter() - started)
+        return aligned_faces
+
+    def embed_aligned(
+        self, detections: list[Detection], aligned_faces: ImageArray
+    ) -> list[EmbeddedFace]:
+        """Embed crops made by ``align`` (the recognizer may batch them with others)."""
         if not detections:
             return []
         started = time.perf_counter()
-        aligned_faces = np.stack([self.aligner(image, d.landmarks) for d in detections])
-        aligned_at = time.perf_counter()
         embeddings = self.embedder.embed(aligned_faces)
-        self.observer.stage_finished("align", aligned_at - started)
-        self.observer.stage_finished("embed", time.perf_counter() - aligned_at)
+        self.observer.stage_finished("embed", time.perf_counter() - started)
         self.observer.batch_embedded(len(detections))
         return [
             EmbeddedFace(detection=d, embedding=e, aligned=a)

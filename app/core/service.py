@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -14,6 +15,7 @@ from app.core.gallery import Gallery
 from app.core.matching import assign_subjects
 from app.core.pipeline import FacePipeline
 from app.core.quality import DEFAULT_MIN_QUALITY, FaceQuality, assess_face
+from app.core.scaling import needs_full_resolution, rescale_detection
 from app.core.subjects import SubjectNames
 from app.core.types import DecodedImage, Detection, EmbeddedFace, FaceRecord, NewFace, SearchHit
 from app.errors import (
@@ -32,6 +34,22 @@ FacePolicy = Literal["single", "largest"]
 Decoder = Callable[[bytes], DecodedImage]
 # Pixels an image's header declares, without decoding it (0: not an accepted image).
 PixelProbe = Callable[[bytes], int]
+# Chooses, from a photo's detections in full-size coordinates, the ones to embed.
+FaceChooser = Callable[[list[Detection]], list[Detection]]
+
+# Side of the aligned crop below which a face found in a reduced-scale decode is
+# aligned from the full-size image instead (the recognizer input; ArcFace 112).
+CROP_SIZE = 112
+
+
+def every_face(detections: list[Detection]) -> list[Detection]:
+    return detections
+
+
+def largest_face(detections: list[Detection]) -> list[Detection]:
+    if not detections:
+        raise NoFaceDetected("no face found in the image")
+    return [max(detections, key=lambda d: d.area)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,10 +186,22 @@ class FaceService:
         store_aligned_crops: bool = True,
         probe: PixelProbe | None = None,
         max_request_pixels: int | None = None,
+        full_decoder: Decoder | None = None,
+        cpu_stages: AbstractContextManager[object] | None = None,
     ) -> None:
+        """``decoder`` may decode large JPEGs at reduced scale; ``full_decoder`` (the
+        same limits, full size) is then used for photos whose faces need it.
+
+        ``cpu_stages`` (e.g. a ``threading.Semaphore``) is held while a photo is
+        decoded, searched for faces and aligned, and released before its crops wait
+        for the recognizer: with one slot per core, the cores decode and detect
+        the next photos while the recognizer (its own thread, batching) embeds.
+        """
+        self.cpu_stages: AbstractContextManager[object] = cpu_stages or nullcontext()
         self.pipeline = pipeline
         self.gallery = gallery
         self.decode = decoder
+        self.decode_full = full_decoder or decoder
         self.threshold = threshold
         self.gate = gate
         self.store_aligned_crops = store_aligned_crops
@@ -197,7 +227,37 @@ class FaceService:
     def embed(self, data: bytes) -> list[AnalysedFace]:
         return [
             AnalysedFace(face=face, quality=assess_face(face.detection, face.aligned))
-            for face in self.pipeline.analyze(self.decode(data).pixels)
+            for face in self.faces(data, every_face)[1]
+        ]
+
+    def faces(
+        self, data: bytes, choose: FaceChooser, *, capped: bool = True
+    ) -> tuple[DecodedImage, list[EmbeddedFace]]:
+        """Decode, detect, let ``choose`` pick faces (full-size coordinates), embed them.
+
+        Returned detections are in full-size coordinates whatever scale the photo
+        was decoded at; the image returned is the one the crops came from.
+        ``capped=False`` lets ``choose`` see every face, not only the
+        ``max_faces`` largest (for decisions such as "one person only").
+        """
+        with self.cpu_stages:
+            image = self.decode(data)
+            found = self.pipeline.detect(image.pixels, capped=capped)
+            to_full = 1.0 / image.scale
+            chosen = choose([rescale_detection(d, to_full) for d in found])
+            if not chosen:
+                return image, []
+            if needs_full_resolution(
+                [rescale_detection(d, image.scale) for d in chosen], image.scale, CROP_SIZE
+            ):
+                image = self.decode_full(data)
+            located = [rescale_detection(d, image.scale) for d in chosen]
+            refined = self.pipeline.refine(image.pixels, located)
+            aligned = self.pipeline.align(image.pixels, refined)
+        embedded = self.pipeline.embed_aligned(located, aligned)
+        return image, [
+            EmbeddedFace(detection=original, embedding=face.embedding, aligned=face.aligned)
+            for original, face in zip(chosen, embedded, strict=True)
         ]
 
     def enroll(
@@ -227,12 +287,13 @@ class FaceService:
     ) -> EnrollmentFace | Rejection:
         """The face one enrollment photo contributes, or why it contributes none."""
         try:
-            image = self.decode(data)
             # Every face counts for the policy: "single" refuses a group photo even
             # when max_faces_per_image would embed only its largest face.
-            detections = self.pipeline.detect(image.pixels, capped=False)
-            face = select_enrollment_face(detections, policy, self.gate)
-            (embedded,) = self.pipeline.embed(image.pixels, [face])
+            image, (embedded,) = self.faces(
+                data,
+                lambda found: [select_enrollment_face(found, policy, self.gate)],
+                capped=False,
+            )
             return self.gated_face(name, image.sha256, embedded)
         except FaceRecError as error:
             return Rejection(image=name, error=error)
@@ -338,13 +399,11 @@ class FaceService:
     def _largest_face(self, data: bytes, field: str) -> EmbeddedFace:
         """The largest face of the photo sent as ``field``; errors name that field."""
         try:
-            image = self.decode(data)
+            _, (face,) = self.faces(data, largest_face)
+        except NoFaceDetected:
+            raise NoFaceDetected(f"no face found in {field}", field=field) from None
         except FaceRecError as error:
             raise _naming_field(error, field) from None
-        detections = self.pipeline.detect(image.pixels)
-        if not detections:
-            raise NoFaceDetected(f"no face found in {field}", field=field)
-        (face,) = self.pipeline.embed(image.pixels, [max(detections, key=lambda d: d.area)])
         return face
 
     def verify_images(self, data_a: bytes, data_b: bytes, threshold: float | None) -> Verification:

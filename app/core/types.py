@@ -19,6 +19,9 @@ class DecodedImage:
     pixels: ImageArray  # (H, W, 3) uint8, RGB
     sha256: str  # of the bytes as received
     format: str  # "JPEG", "PNG", "WEBP", "BMP"
+    # Decoded pixels per pixel of the full image: < 1 when a large JPEG was decoded
+    # at reduced scale (coordinates in ``pixels`` divided by it are full-size ones).
+    scale: float = 1.0
 
     @property
     def width(self) -> int:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 
 from app.core.types import FloatArray, ImageArray
 from app.errors import ModelError
+from app.inference.engines.base import EngineSession
 from app.inference.manifest import ModelManifest, RecognizerInput
 
 
@@ -17,7 +17,7 @@ def l2_normalize(vectors: FloatArray) -> FloatArray:
 
 
 class ArcFaceEmbedder:
-    def __init__(self, session: ort.InferenceSession, manifest: ModelManifest) -> None:
+    def __init__(self, session: EngineSession, manifest: ModelManifest) -> None:
         if not isinstance(manifest.input, RecognizerInput) or manifest.embedding_dim is None:
             raise ModelError(f"{manifest.name} is not a recognizer manifest")
         self.manifest = manifest
@@ -25,7 +25,7 @@ class ArcFaceEmbedder:
         self.input_size = manifest.input.size
         self._session = session
         self._input_name = manifest.input.name
-        self._max_batch = manifest.input.max_batch
+        self.max_batch = manifest.input.max_batch
         self._flip = manifest.augment.flip
         self._mean = np.asarray(manifest.preprocess.mean, dtype=np.float32)
         self._std = np.asarray(manifest.preprocess.std, dtype=np.float32)
@@ -39,8 +39,8 @@ class ArcFaceEmbedder:
         if self._flip:
             aligned_faces = np.concatenate([aligned_faces, aligned_faces[:, :, ::-1]])
         chunks = [
-            self._run(aligned_faces[start : start + self._max_batch])
-            for start in range(0, aligned_faces.shape[0], self._max_batch)
+            self._run(aligned_faces[start : start + self.max_batch])
+            for start in range(0, aligned_faces.shape[0], self.max_batch)
         ]
         embeddings = np.concatenate(chunks)
         if self._flip:
@@ -57,5 +57,5 @@ class ArcFaceEmbedder:
         tensor = ((pixels.astype(np.float32) - self._mean) * (1.0 / self._std)).transpose(
             0, 3, 1, 2
         )
-        output = self._session.run(None, {self._input_name: np.ascontiguousarray(tensor)})[0]
+        output = self._session.run({self._input_name: np.ascontiguousarray(tensor)})[0]
         return np.asarray(output, dtype=np.float32).reshape(batch.shape[0], -1)

@@ -25,12 +25,18 @@ Decisions:
 - ICC profiles are not applied; CMYK uses Pillow's plain conversion.
 - The returned pixel array is read-only: it is the one copy made out of
   Pillow's buffer, and ``DecodedImage`` is immutable. Call ``.copy()`` to draw.
+- ``reduce_to``: a large JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT
+  (libjpeg's scaled decoding, Pillow's draft mode), the smallest whose long side
+  is still at least ``reduce_to`` pixels; ``DecodedImage.scale`` says by how
+  much. Other formats, and JPEGs already small enough, decode at full size. The
+  pixel-count limit always applies to the full size the header declares.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 
 import numpy as np
 from numpy.typing import NDArray
@@ -59,7 +65,9 @@ _ACCEPTED_SIGNATURES = (b"\xff\xd8", b"\x89PNG\r\n\x1a\n", b"BM")
 _UNDECODABLE = "the upload is not a decodable image (empty, truncated or corrupt)"
 
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImage:
+def decode_image(
+    data: bytes, *, max_bytes: int, max_pixels: int, reduce_to: int | None = None
+) -> DecodedImage:
     """Decode an uploaded JPEG, PNG, WebP or BMP into upright ``(H, W, 3)`` RGB.
 
     Raises ``ImageTooLarge`` (more than ``max_bytes`` bytes, or a header
@@ -78,9 +86,33 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
     with _open_accepted(data) as image:
         image_format = _REPORTED_FORMAT[str(image.format)]
         _check_pixel_count(image.size, max_pixels)
+        full_width = image.size[0]
+        if reduce_to is not None and image_format == "JPEG":
+            _draft(image, reduce_to)
+        scale = image.size[0] / full_width
         pixels = _decode_upright_rgb(image)
     pixels.flags.writeable = False  # already so when numpy wraps Pillow's bytes
-    return DecodedImage(pixels=pixels, sha256=hashlib.sha256(data).hexdigest(), format=image_format)
+    return DecodedImage(
+        pixels=pixels,
+        sha256=hashlib.sha256(data).hexdigest(),
+        format=image_format,
+        scale=scale,
+    )
+
+
+def _draft(image: Image.Image, reduce_to: int) -> None:
+    """Ask libjpeg for the smallest DCT scale whose long side is >= ``reduce_to``."""
+    width, height = image.size
+    long_side = max(width, height)
+    if long_side < 2 * reduce_to:  # even 1/2 would fall below reduce_to
+        return
+    ratio = reduce_to / long_side
+    # Pillow picks the largest reduction whose result is at least the requested size.
+    requested = (max(1, math.ceil(width * ratio)), max(1, math.ceil(height * ratio)))
+    try:
+        image.draft(image.mode if image.mode in ("RGB", "L") else None, requested)
+    except Exception as exc:  # Pillow raises many unrelated types on malformed input
+        raise InvalidImage(_UNDECODABLE) from exc
 
 
 def image_to_rgb(image: Image.Image) -> ImageArray:

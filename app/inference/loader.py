@@ -1,15 +1,18 @@
-"""Load the configured detector and recognizer: manifest -> verified file -> session."""
+"""Load the configured detector and recognizer: manifest -> verified file -> session.
+
+The model class is chosen by the manifest's ``family``; the engine by the
+``RuntimeOptions``. Neither knows about the other.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnxruntime as ort
-
 from app.errors import ManifestInvalid
 from app.inference.arcface import ArcFaceEmbedder
 from app.inference.catalog import resolve_manifest
+from app.inference.engines.base import EngineName, EngineSession
 from app.inference.manifest import ModelManifest, resolve_model_file
 from app.inference.scrfd import ScrfdDetector
 from app.inference.session import RuntimeOptions, create_session
@@ -19,11 +22,16 @@ from app.inference.session import RuntimeOptions, create_session
 class LoadedModel:
     manifest: ModelManifest
     path: Path
-    session: ort.InferenceSession
+    session: EngineSession
+
+    @property
+    def engine(self) -> EngineName:
+        return self.session.engine
 
     @property
     def providers(self) -> list[str]:
-        return list(self.session.get_providers())
+        """onnxruntime providers or OpenVINO devices actually in use."""
+        return list(self.session.devices)
 
 
 def load_model(
@@ -39,8 +47,18 @@ def load_model(
 
 
 def build_detector(model: LoadedModel) -> ScrfdDetector:
-    return ScrfdDetector(model.session, model.manifest)
+    match model.manifest.family:
+        case "scrfd":
+            return ScrfdDetector(model.session, model.manifest)
+        case other:
+            raise ManifestInvalid(f"{model.manifest.name}: no detector class for family {other!r}")
 
 
 def build_embedder(model: LoadedModel) -> ArcFaceEmbedder:
-    return ArcFaceEmbedder(model.session, model.manifest)
+    match model.manifest.family:
+        case "arcface":
+            return ArcFaceEmbedder(model.session, model.manifest)
+        case other:
+            raise ManifestInvalid(
+                f"{model.manifest.name}: no recognizer class for family {other!r}"
+            )

@@ -132,6 +132,10 @@ class Augment(_Frozen):
 
     # Embedding = normalised sum of the embeddings of the crop and its mirror image.
     flip: bool = False
+    # "mirror": before alignment, each face's landmarks are averaged with those the
+    # detector finds in the mirrored photo (one more detector pass per photo, no more
+    # recognizer passes). Removes the detector's left/right bias from the crop.
+    landmarks: Literal["single", "mirror"] = "single"
 
 
 class Source(_Frozen):
@@ -142,9 +146,16 @@ class Source(_Frozen):
     notes: str | None = None
 
 
+# The model class that runs a file (``app.inference.loader``), one per output layout.
+# Manifests written before the field existed get their kind's only family.
+ModelFamily = Literal["scrfd", "arcface"]
+_DEFAULT_FAMILY: dict[str, ModelFamily] = {"detector": "scrfd", "recognizer": "arcface"}
+
+
 class ModelManifest(_Frozen):
     name: str
     kind: Literal["detector", "recognizer"]
+    family: ModelFamily
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     input: DetectorInput | RecognizerInput
@@ -160,8 +171,19 @@ class ModelManifest(_Frozen):
     training: dict[str, object] | None = None
     metrics: dict[str, object] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_family(cls, values: object) -> object:
+        if isinstance(values, dict) and "family" not in values:
+            kind = values.get("kind")
+            if isinstance(kind, str) and kind in _DEFAULT_FAMILY:
+                return {**values, "family": _DEFAULT_FAMILY[kind]}
+        return values
+
     @model_validator(mode="after")
     def _kind_fields_present(self) -> ModelManifest:
+        if _DEFAULT_FAMILY[self.kind] != self.family:
+            raise ValueError(f"family {self.family!r} is not a {self.kind} family")
         if self.kind == "detector":
             if not isinstance(self.input, DetectorInput) or self.detector is None:
                 raise ValueError("a detector manifest needs a detector input and `detector`")
@@ -177,6 +199,7 @@ class ModelManifest(_Frozen):
         """Identity of the embedding space: name, file hash and import steps."""
         suffix = "+dq" if self.import_steps.dequantize else ""
         suffix += "+flip" if self.augment.flip else ""
+        suffix += "+mirrorlm" if self.augment.landmarks == "mirror" else ""
         return f"{self.name}@{self.sha256[:16]}{suffix}"
 
 

@@ -92,6 +92,13 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        # Cross-request batches (app/inference/batcher.py): how many requests share one.
+        self.batch_requests = Histogram(
+            "facerec_recognizer_batch_requests",
+            "Requests (photos, stream frames) whose faces ran in one recognizer batch",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
         self.faces_ignored = Counter(
             "facerec_faces_ignored",
             "Detected faces beyond FACEREC_MAX_FACES_PER_IMAGE (smallest first)",
@@ -105,6 +112,9 @@ class Metrics:
 
     def batch_embedded(self, faces: int) -> None:
         self.batch_faces.observe(faces)
+
+    def recognizer_batch(self, faces: int, requests: int) -> None:
+        self.batch_requests.observe(requests)
 
     def faces_dropped(self, faces: int) -> None:
         self.faces_ignored.inc(faces)

@@ -38,7 +38,9 @@ def test_ready_describes_the_loaded_models(client: TestClient) -> None:
         assert found is not None
         assert found["name"] == name
         assert model["sha256"].startswith(found["hash"])
-        assert model["providers"] == ["CPUExecutionProvider"]
+        # FACEREC_ENGINE=auto on a CPU install with OpenVINO: its CPU device.
+        assert model["engine"] == "openvino"
+        assert model["providers"] == ["CPU"]
 
 
 def test_ready_reports_the_recognizer_threshold(client: TestClient) -> None:

@@ -55,7 +55,7 @@ class EchoSession:
         self.dim = dim
         self.batches: list[NDArray[np.float32]] = []
 
-    def run(self, _names: object, feed: dict[str, NDArray[np.float32]]) -> list[Any]:
+    def run(self, feed: dict[str, NDArray[np.float32]]) -> list[Any]:
         (tensor,) = feed.values()
         self.batches.append(tensor)
         flat = tensor.reshape(tensor.shape[0], -1)
@@ -212,8 +212,7 @@ def test_flip_embedding_is_the_normalised_sum_of_the_crop_and_its_mirror(
     session = EchoSession()
     mirrored = faces[:, :, ::-1]
     raw = [
-        session.run(None, {"x": tensor_of(batch, recognizer_manifest)})[0]
-        for batch in (faces, mirrored)
+        session.run({"x": tensor_of(batch, recognizer_manifest)})[0] for batch in (faces, mirrored)
     ]
     expected = l2_normalize(raw[0] + raw[1])
 

@@ -16,6 +16,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from app.errors import ModelError
 from app.inference.align import align_face
 from app.inference.arcface import ArcFaceEmbedder
+from app.inference.engines.ort_session import OrtSession
 from app.inference.loader import LoadedModel, build_detector, load_model
 from app.inference.manifest import ModelManifest
 from app.inference.onnx_import import import_model, make_batch_dims_dynamic
@@ -270,7 +271,8 @@ def test_the_imported_recognizer_declares_a_free_batch_to_onnxruntime(
     # The file declares an output batch of 1 (shared/README.md); the import step is
     # there so that batches of other sizes run without onnxruntime's VerifyOutputSizes
     # warning. The file's value_info holds batch-1 shapes of inner tensors too.
-    assert recognizer.session.get_outputs()[0].shape[0] != 1
+    assert isinstance(recognizer.session, OrtSession)  # RuntimeOptions() = onnxruntime
+    assert recognizer.session.session.get_outputs()[0].shape[0] != 1
 
 
 def test_dequantized_recognizer_embeddings_agree_with_the_int8_file(

@@ -338,7 +338,7 @@ class FaceAtInputPoint:
         self.center = center
         self.input_sizes: list[tuple[int, int]] = []
 
-    def run(self, _names: object, feed: dict[str, NDArray[np.float32]]) -> list[Any]:
+    def run(self, feed: dict[str, NDArray[np.float32]]) -> list[Any]:
         (tensor,) = feed.values()
         height, width = tensor.shape[2:]
         self.input_sizes.append((width, height))

@@ -14,6 +14,7 @@ import pytest
 from app.errors import ModelError, ProviderUnavailable
 from app.inference.catalog import resolve_manifest
 from app.inference.session import (
+    EngineSession,
     RuntimeOptions,
     check_providers_available,
     check_providers_in_use,
@@ -25,7 +26,7 @@ CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 
 
-def load_detector(models_dir: Path, *providers: str) -> ort.InferenceSession:
+def load_detector(models_dir: Path, *providers: str) -> EngineSession:
     manifest, _ = resolve_manifest("scrfd_500m")
     options = RuntimeOptions(providers=providers)
     return create_session(manifest, models_dir / manifest.file, options)
@@ -34,7 +35,8 @@ def load_detector(models_dir: Path, *providers: str) -> ort.InferenceSession:
 def test_cpu_request_builds_a_session_on_the_cpu(models_dir: Path) -> None:
     session = load_detector(models_dir, CPU)
 
-    assert session.get_providers() == [CPU]
+    assert session.engine == "onnxruntime"
+    assert session.devices == (CPU,)
 
 
 def test_cuda_request_without_onnxruntime_gpu_fails_loudly(models_dir: Path) -> None:

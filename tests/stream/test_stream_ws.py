@@ -22,6 +22,15 @@ BUSH_NAME, RUMSFELD_NAME = "George W. Bush", "Donald Rumsfeld"
 
 
 @pytest.fixture(scope="module")
+def client(build_client: ClientFactory) -> TestClient:
+    """One inference worker: frames and background recognitions take turns, so the
+    frame counts these tests expect names by hold on a loaded machine too. (With one
+    worker per core, the default, frames run beside recognitions and names arrive
+    after more frames, not later in time.)"""
+    return build_client(inference_workers=1)
+
+
+@pytest.fixture(scope="module")
 def bush(load_photo: LoadPhoto, lfw_photo: LfwPhoto) -> Any:
     return load_photo(lfw_photo("George_W_Bush", 65))
 
@@ -126,16 +135,18 @@ def test_overloaded_stream_drops_stale_frames_and_answers_the_newest(
 ) -> None:
     frames = [jpeg(frame) for frame in moving_frames([(bush, (60, 100))], 12)]
     limiter = client.app.state.runtime.inference_limiter  # type: ignore[attr-defined]
-    borrower = object()
+    borrowers = [object() for _ in range(int(limiter.total_tokens))]
     with client.websocket_connect(f"/stream?collection={collection}") as socket:
-        # Hold the only inference slot: the server can answer nothing while all the
+        # Hold every inference slot: the server can answer nothing while all the
         # frames arrive, as when a client sends faster than frames are processed.
-        client.portal.call(limiter.acquire_on_behalf_of, borrower)  # type: ignore[union-attr]
+        for borrower in borrowers:
+            client.portal.call(limiter.acquire_on_behalf_of, borrower)  # type: ignore[union-attr]
         try:
             for data in frames:  # sent without reading any answer
                 socket.send_bytes(data)
         finally:
-            client.portal.call(limiter.release_on_behalf_of, borrower)  # type: ignore[union-attr]
+            for borrower in borrowers:
+                client.portal.call(limiter.release_on_behalf_of, borrower)  # type: ignore[union-attr]
         answers = [socket.receive_json()]
         while answers[-1]["frame"] != len(frames) - 1:
             answers.append(socket.receive_json())

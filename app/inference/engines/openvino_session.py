@@ -1,0 +1,143 @@
+"""OpenVINO engine: the measured default on CPUs (see docs/performance.md).
+
+Same rule as onnxruntime's providers: every requested device is required. A
+device this OpenVINO cannot see, or a compiled model that does not execute on
+every requested device, is refused with ``ProviderUnavailable``. ``AUTO`` and
+``MULTI`` are refused outright, because falling back quietly is their job.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+from app.errors import ModelError, ProviderUnavailable
+from app.inference.engines.base import EngineName, RuntimeOptions, Tensor
+
+logger = logging.getLogger(__name__)
+
+_FALLBACK_DEVICES = ("AUTO", "MULTI")
+
+
+class OpenVinoSession:
+    """An ``EngineSession`` over a compiled model; one infer request per concurrent call.
+
+    Requests are pooled: a call takes an idle one or creates one, and gives it
+    back, so the pool grows to the number of threads that ever ran at once.
+    """
+
+    engine: EngineName = "openvino"
+
+    def __init__(self, compiled: ov.CompiledModel, devices: tuple[str, ...]) -> None:
+        self._compiled = compiled
+        self._devices = devices
+        self._inputs = tuple(port.any_name for port in compiled.inputs)
+        self._outputs = tuple(port.any_name for port in compiled.outputs)
+        self._idle: queue.SimpleQueue[ov.InferRequest] = queue.SimpleQueue()
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self._inputs
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self._outputs
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return self._devices
+
+    def run(self, feeds: Mapping[str, Tensor]) -> list[Tensor]:
+        with self._request() as request:
+            # share_inputs: the caller keeps its arrays alive until run returns;
+            # outputs are copied out of the request, which is reused afterwards.
+            results = request.infer(dict(feeds), share_inputs=True, share_outputs=False)
+            return [np.asarray(results[port], dtype=np.float32) for port in self._compiled.outputs]
+
+    @contextmanager
+    def _request(self) -> Iterator[ov.InferRequest]:
+        try:
+            request = self._idle.get_nowait()
+        except queue.Empty:
+            request = self._compiled.create_infer_request()
+        try:
+            yield request
+        finally:
+            self._idle.put(request)
+
+
+def create_openvino_session(
+    model_bytes: bytes, name: str, options: RuntimeOptions
+) -> OpenVinoSession:
+    core = ov.Core()
+    devices = tuple(options.devices)
+    check_devices_available(devices, core.available_devices)
+    target = devices[0] if len(devices) == 1 else "HETERO:" + ",".join(devices)
+    try:
+        model = core.read_model(model_bytes)
+        compiled = core.compile_model(model, target, _config(devices, options))
+    except Exception as exc:  # OpenVINO raises RuntimeError with its own messages
+        raise ModelError(f"OpenVINO could not load {name} on {target}: {exc}") from exc
+    in_use = tuple(str(device) for device in compiled.get_property("EXECUTION_DEVICES"))
+    check_devices_in_use(name, devices, in_use)
+    return OpenVinoSession(compiled, in_use)
+
+
+def _config(devices: Sequence[str], options: RuntimeOptions) -> dict[str, Any]:
+    if tuple(devices) != ("CPU",):
+        return {"PERFORMANCE_HINT": "LATENCY"}
+    return {
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": options.streams,
+        # intra_op_threads is per call; OpenVINO divides its total among the streams.
+        "INFERENCE_NUM_THREADS": options.intra_op_threads * options.streams,
+        "INFERENCE_PRECISION_HINT": options.precision,
+        # Pinning threads to cores helps a machine this process owns; it hurts
+        # in containers and on hosts shared with other work, the common case.
+        "ENABLE_CPU_PINNING": False,
+    }
+
+
+def _base(device: str) -> str:
+    return device.split(".", 1)[0].split(":", 1)[0]
+
+
+def check_devices_available(requested: Sequence[str], available: Sequence[str]) -> None:
+    """Refuse devices this OpenVINO cannot see, and the devices that fall back on purpose."""
+    if not requested:
+        raise ModelError("no OpenVINO device requested (FACEREC_OPENVINO_DEVICES)")
+    refused = [device for device in requested if _base(device) in _FALLBACK_DEVICES]
+    if refused:
+        raise ProviderUnavailable(
+            f"OpenVINO device(s) {refused} choose devices at run time and fall back "
+            "quietly; name the devices (e.g. CPU, GPU) in FACEREC_OPENVINO_DEVICES",
+            requested=list(requested),
+            available=list(available),
+        )
+    visible = set(available) | {_base(device) for device in available}
+    missing = [device for device in requested if device not in visible]
+    if missing:
+        raise ProviderUnavailable(
+            f"OpenVINO device(s) {missing} requested (FACEREC_OPENVINO_DEVICES) but this "
+            f"machine offers only {list(available)}; for NVIDIA GPUs use "
+            "FACEREC_ENGINE=onnxruntime with the [gpu] extra",
+            requested=list(requested),
+            available=list(available),
+        )
+
+
+def check_devices_in_use(model: str, requested: Sequence[str], in_use: Sequence[str]) -> None:
+    used = set(in_use) | {_base(device) for device in in_use}
+    dropped = [device for device in requested if device not in used]
+    if dropped:
+        raise ProviderUnavailable(
+            f"{model}: OpenVINO does not execute on {dropped} (in use: {list(in_use)})",
+            requested=list(requested),
+            in_use=list(in_use),
+        )
