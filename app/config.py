@@ -228,7 +228,7 @@ class Settings(BaseSettings):
     def resolved_inference_slots_per_key(self) -> int:
         """Admission slots one key may hold: half of all of them (rounded up) by default, so
         a second tenant always finds room."""
-        slots = 2 * self.resolved_inference_workers() + self.inference_queue
+        slots = self.resolved_inference_workers() + self.inference_queue
         return min(slots, self.inference_slots_per_key or (slots + 1) // 2)
 
 

@@ -255,7 +255,7 @@ def build_runtime(settings: Settings) -> Runtime:
     # again waiting for the recognizer with their slots given back.
     inside = 2 * settings.resolved_inference_workers()
     admission = AdmissionGate(
-        inside + settings.inference_queue,
+        settings.resolved_inference_workers() + settings.inference_queue,
         per_tenant=settings.resolved_inference_slots_per_key(),
     )
     turns = FairTurns(inside)

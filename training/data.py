@@ -33,6 +33,7 @@ from app.inference.align import ARCFACE_SIZE, align_face
 from app.inference.image import decode_image
 from app.inference.loader import build_detector, load_model
 from app.inference.scrfd import ScrfdDetector
+from app.inference.engines.factory import resolve_engine
 from app.inference.session import RuntimeOptions
 from training.config import AugmentConfig
 
@@ -175,7 +176,10 @@ class FaceCropper:
 def build_cropper(detector: str, models_dir: Path, threads: int = 0) -> FaceCropper:
     """The service's detector from its manifest (a catalog name or a manifest path)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    options = RuntimeOptions(intra_op_threads=threads or cores or 1)
+    # The engine the service picks by default on this machine, so that the crops are the
+    # service's to the pixel (OpenVINO's landmarks differ from onnxruntime's by < 1 px).
+    engine = resolve_engine("auto", ("CPUExecutionProvider",))
+    options = RuntimeOptions(engine=engine, intra_op_threads=threads or cores or 1)
     model = load_model(
         detector, "detector", models_dir=models_dir, catalog_dir=None, options=options
     )

@@ -222,28 +222,29 @@ async def _serve(
     background = BackgroundRecognition()
     outcome: list[_Refusal] = []
     answering = _Answering(websocket, mailbox, session, runtime, hub, access, background, tally)
-    async with anyio.create_task_group() as tasks:
+    with hub.metrics.watching(background):
+        async with anyio.create_task_group() as tasks:
 
-        async def guarded(work: Callable[[], Awaitable[None]]) -> None:
-            try:
-                await work()
-            except _Refusal as refusal_:
-                outcome.append(refusal_)
-            except (Unauthorized, Forbidden) as error:
-                outcome.append(_Refusal(status.WS_1008_POLICY_VIOLATION, _reason(error)))
-            except WebSocketDisconnect:
-                pass
-            except Exception:
-                logger.exception("stream of collection %r failed", session.collection)
-                outcome.append(_Refusal(status.WS_1011_INTERNAL_ERROR, "internal_error"))
-            tasks.cancel_scope.cancel()
+            async def guarded(work: Callable[[], Awaitable[None]]) -> None:
+                try:
+                    await work()
+                except _Refusal as refusal_:
+                    outcome.append(refusal_)
+                except (Unauthorized, Forbidden) as error:
+                    outcome.append(_Refusal(status.WS_1008_POLICY_VIOLATION, _reason(error)))
+                except WebSocketDisconnect:
+                    pass
+                except Exception:
+                    logger.exception("stream of collection %r failed", session.collection)
+                    outcome.append(_Refusal(status.WS_1011_INTERNAL_ERROR, "internal_error"))
+                tasks.cancel_scope.cancel()
 
-        tasks.start_soon(guarded, lambda: _receive(websocket, mailbox, hub))
-        tasks.start_soon(guarded, answering.run)
-        tasks.start_soon(
-            guarded, lambda: background.serve(partial(_recognise, session, runtime, hub, tally))
-        )
-        tasks.start_soon(guarded, lambda: _watch_key(access, hub.timeouts.key_check_s))
+            tasks.start_soon(guarded, lambda: _receive(websocket, mailbox, hub))
+            tasks.start_soon(guarded, answering.run)
+            tasks.start_soon(
+                guarded, lambda: background.serve(partial(_recognise, session, runtime, hub, tally))
+            )
+            tasks.start_soon(guarded, lambda: _watch_key(access, hub.timeouts.key_check_s))
     return outcome[0] if outcome else None
 
 

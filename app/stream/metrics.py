@@ -25,6 +25,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -72,6 +74,11 @@ class _FpsCollector(Collector):
         for camera, rate in sorted(self._rates().items()):
             family.add_metric([camera], rate)
         yield family
+
+
+class _Recognitions(Protocol):
+    @property
+    def idle(self) -> bool: ...
 
 
 class StreamMetrics:
@@ -124,6 +131,15 @@ class StreamMetrics:
             registry=registry,
         )
         self.open = Gauge("facerec_streams_open", "Open streams", ["camera"], registry=registry)
+        # Background recognitions submitted and not finished, over all open streams: the
+        # recognizer's backlog (and what a lock-step client waits on to pace itself).
+        self._recognitions: set[_Recognitions] = set()
+        self.recognising = Gauge(
+            "facerec_stream_recognitions_in_flight",
+            "Background face recognitions of open streams submitted and not finished",
+            registry=registry,
+        )
+        self.recognising.set_function(self.recognitions_in_flight)
         registry.register(_FpsCollector(self.rates))
 
     def stream_opened(self, camera: str) -> None:
@@ -153,6 +169,21 @@ class StreamMetrics:
             times = self._answered.setdefault(camera, deque())
             times.append(now)
             self._trim(times, now)
+
+    @contextmanager
+    def watching(self, recognitions: _Recognitions) -> Iterator[None]:
+        """Count ``recognitions`` (one stream's) in the in-flight gauge while it is open."""
+        with self._lock:
+            self._recognitions.add(recognitions)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._recognitions.discard(recognitions)
+
+    def recognitions_in_flight(self) -> float:
+        with self._lock:
+            return float(sum(not recognitions.idle for recognitions in self._recognitions))
 
     def recognised(self, camera: str, faces: int) -> None:
         self.recognitions.labels(camera).inc(faces)

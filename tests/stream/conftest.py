@@ -14,6 +14,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from starlette.testclient import WebSocketTestSession
 
+from tests.stream.pacing import settle
+
 # A webcam frame.
 FRAME_WIDTH, FRAME_HEIGHT = 640, 480
 # (subject enrolled, LFW person, photos enrolled, another photo of them streamed)
@@ -90,13 +92,19 @@ Exchange = Callable[[WebSocketTestSession, Sequence[Frame]], list[dict[str, Any]
 @pytest.fixture(scope="session")
 def exchange() -> Exchange:
     """``exchange(socket, frames)``: send each frame and wait for its answer (lock-step, so
-    nothing is dropped); the answers in order."""
+    nothing is dropped) and for the recognitions it started (``pacing.settle``: a camera
+    the recognizer keeps up with); the answers in order."""
 
-    def run(socket: WebSocketTestSession, frames: Sequence[Frame]) -> list[dict[str, Any]]:
+    def run(
+        socket: WebSocketTestSession, frames: Sequence[Frame], *, paced: bool = True
+    ) -> list[dict[str, Any]]:
+        """``paced=False``: do not wait for recognitions (a test that holds one)."""
         answers = []
         for frame in frames:
             socket.send_bytes(encode_jpeg(frame))
             answers.append(socket.receive_json())
+            if paced:
+                settle(socket)
         return answers
 
     return run
