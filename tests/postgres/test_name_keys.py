@@ -16,7 +16,7 @@ from app.gallery.postgres import PostgresGallery
 from app.gallery.postgres.schema import bind_model
 from app.storage.postgres import open_database
 from app.storage.postgres.migrations import bundled_migrations, migrate
-from tests.gallery.conformance.test_names import SPELLINGS, race_look_alikes
+from tests.gallery.conformance.test_look_alike_names import SPELLINGS, race_look_alikes
 from tests.gallery.conftest import DIM, MODEL_ID
 from tests.pgserver import PostgresServer
 from tests.postgres.conftest import OpenReplica
