@@ -30,10 +30,10 @@ from tqdm import tqdm
 from app.core.types import Detection, ImageArray
 from app.errors import FaceRecError
 from app.inference.align import ARCFACE_SIZE, align_face
+from app.inference.engines.factory import resolve_engine
 from app.inference.image import decode_image
 from app.inference.loader import build_detector, load_model
 from app.inference.scrfd import ScrfdDetector
-from app.inference.engines.factory import resolve_engine
 from app.inference.session import RuntimeOptions
 from training.config import AugmentConfig
 

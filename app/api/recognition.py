@@ -269,7 +269,7 @@ async def _enroll_photos(
     service = runtime.service
     # Cheap refusals first (gallery and image headers, no inference), then one inference
     # turn per photo so other tenants' requests interleave with a long enrollment.
-    await anyio.to_thread.run_sync(service.subject_names.check, collection, name)
+    await anyio.to_thread.run_sync(service.check_subject_name, collection, name)
     await anyio.to_thread.run_sync(service.check_request_pixels, [data for _, data in uploads])
     outcomes = [
         await run_inference(runtime, partial(service.enrollment_face, filename, data, face_policy))

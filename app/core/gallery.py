@@ -13,6 +13,10 @@ Contract every backend honours (``tests/gallery/conformance`` checks it):
 * Collections are namespaces; nothing crosses them. Names (collections, subjects)
   are any well-formed Unicode of at most 1024 bytes of UTF-8, without NUL
   (``app.gallery.values``); others are ``InvalidRequest``.
+* One subject per look-alike name within a collection (``app.core.names.name_key``):
+  creating a subject whose key another subject holds raises ``NameConflict``, decided
+  by the store's unique constraint in the creating transaction (replicas included);
+  more faces under the exact same name are accepted.
 * Searches return, per query, up to ``top_k`` distinct subjects ranked by their most
   similar face (cosine = dot product of unit vectors), best first; never fewer than
   ``top_k`` while the collection holds that many subjects.
@@ -118,6 +122,12 @@ class Gallery(Protocol):
     def get_subject(
         self, collection: str, subject: str
     ) -> tuple[SubjectSummary, list[FaceRecord]]: ...
+
+    def look_alike_of(self, collection: str, subject: str) -> str | None:
+        """The other subject whose name looks like ``subject`` (one index lookup), or None
+        when ``subject`` exists or may be created. A cheap check before inference; the
+        write itself decides (``NameConflict``)."""
+        ...
 
     def aligned_crops(self, collection: str | None = None) -> Iterator[tuple[FaceRecord, bytes]]:
         """Every stored aligned crop (PNG) with its face, e.g. to re-embed with a new model."""

@@ -18,7 +18,10 @@ composed and decomposed spellings of "Zoë" are one name.
 
 ``name_key`` is the skeleton two names are compared by: NFKC, case-folded, white
 space collapsed. Two different names with one key ("Ada" and "ADA", "Ａｄａ" in
-full-width letters) display alike; a collection refuses the second one.
+full-width letters) display alike; a collection refuses the second one. The
+galleries enforce that themselves: they store each subject's key under a unique
+constraint per collection (docs/gallery.md), so changing ``name_key`` needs a
+gallery migration that recomputes the stored keys.
 Cross-script look-alikes (Latin "a" and Cyrillic "а") are not folded (no
 confusables table ships with the service).
 """
@@ -28,7 +31,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from app.errors import InvalidRequest
+from app.errors import InvalidRequest, NameConflict
 
 # General categories that never belong in a displayed name (see the module docstring).
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
@@ -76,3 +79,13 @@ def name_key(name: str) -> str:
     folded = unicodedata.normalize("NFKC", name).casefold()
     visible = "".join(char for char in folded if not is_invisible(char))
     return _WHITESPACE_RUN.sub(" ", visible).strip()
+
+
+def name_conflict(collection: str, subject: str, existing: str) -> NameConflict:
+    """The refusal of ``subject``: ``existing`` is a different subject with its key."""
+    return NameConflict(
+        f"collection {collection!r} already has subject {existing!r}, which looks "
+        f"the same as {subject!r}; enroll under {existing!r} or choose another name",
+        collection=collection,
+        existing=existing,
+    )

@@ -13,10 +13,10 @@ from PIL import Image
 
 from app.core.gallery import Gallery
 from app.core.matching import assign_subjects
+from app.core.names import name_conflict
 from app.core.pipeline import FacePipeline
 from app.core.quality import DEFAULT_MIN_QUALITY, FaceQuality, assess_face
 from app.core.scaling import needs_full_resolution, rescale_detection
-from app.core.subjects import SubjectNames
 from app.core.types import DecodedImage, Detection, EmbeddedFace, FaceRecord, NewFace, SearchHit
 from app.errors import (
     FaceRecError,
@@ -207,7 +207,13 @@ class FaceService:
         self.store_aligned_crops = store_aligned_crops
         self.probe = probe
         self.max_request_pixels = max_request_pixels
-        self.subject_names = SubjectNames(gallery)
+
+    def check_subject_name(self, collection: str, subject: str) -> None:
+        """Refuse a look-alike of another subject before any inference is spent
+        (``NameConflict``); the gallery's write decides again, atomically."""
+        existing = self.gallery.look_alike_of(collection, subject)
+        if existing is not None:
+            raise name_conflict(collection, subject, existing)
 
     def check_request_pixels(self, images: Sequence[bytes]) -> None:
         """Refuse a request whose images declare more pixels in all than allowed, before
@@ -277,7 +283,7 @@ class FaceService:
         (``MatchesOtherSubject``). The HTTP route runs the same steps with one inference
         turn per image.
         """
-        self.subject_names.check(collection, subject)
+        self.check_subject_name(collection, subject)
         self.check_request_pixels([data for _, data in images])
         outcomes = [self.enrollment_face(name, data, policy) for name, data in images]
         return self.commit_enrollment(collection, subject, outcomes, strict=strict)
@@ -346,8 +352,7 @@ class FaceService:
                     for m in others
                 ],
             )
-        with self.subject_names.claim(collection, subject):
-            stored = self.gallery.add_faces(collection, subject, [a.face for a in accepted])
+        stored = self.gallery.add_faces(collection, subject, [a.face for a in accepted])
         faces = [
             EnrolledFace(record=record, created=created, quality=candidate.quality)
             for (record, created), candidate in zip(stored, accepted, strict=True)

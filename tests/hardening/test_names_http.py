@@ -126,3 +126,17 @@ def test_subject_paths_and_key_names_follow_the_same_policy(admin_client: TestCl
     created = admin_client.post("/keys", json={"name": "Zoe\u0308", "collections": ["x"]})
     assert created.status_code == 201
     assert created.json()["name"] == "Zo\u00eb"
+
+
+def test_a_look_alike_is_refused_before_the_images_are_read(
+    admin_client: TestClient, face: tuple[str, bytes]
+) -> None:
+    assert enroll(admin_client, "early", "Ada", face).status_code == 201
+    not_an_image = ("x.jpg", b"\xff\xd8 not a jpeg at all")
+    unreadable = enroll(admin_client, "early", "Grace", not_an_image)
+    assert unreadable.status_code == 400  # what the same upload gets under a free name
+
+    response = enroll(admin_client, "early", "ADA", not_an_image)
+
+    assert response.status_code == 409  # no decode, no inference: the name was enough
+    assert response.json()["details"] == {"collection": "early", "existing": "Ada"}

@@ -84,5 +84,47 @@ _INDEX_SNAPSHOTS = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_INITIAL, _INDEX_SNAPSHOTS)
+# Look-alike subject names ("Ada", "ADA", "Ａｄａ": one ``app.core.names.name_key``):
+# a collection holds one subject per key, and the unique index is the arbiter.
+# ``name_key`` is computed by Python (``NAME_KEY_FUNCTION``, registered on the
+# connection by ``schema``). Subjects from before the rule that share a key: the
+# oldest (then the first by name) keeps it, the others stay, addressable by their
+# exact names, with ``look_alike = 1`` for an operator to merge (docs/gallery.md).
+# When a key's holder is deleted, its oldest look-alike takes the key over, so a
+# key held by anyone is always held by one subject the index knows.
+NAME_KEY_FUNCTION = "facerec_name_key"
+_SUBJECT_NAME_KEYS = (
+    "ALTER TABLE subjects ADD COLUMN name_key TEXT",
+    "ALTER TABLE subjects ADD COLUMN look_alike INTEGER NOT NULL DEFAULT 0",
+    f"UPDATE subjects SET name_key = {NAME_KEY_FUNCTION}(name)",
+    """
+    UPDATE subjects SET look_alike = 1 WHERE (collection, name) IN (
+        SELECT collection, name FROM (
+            SELECT collection, name, row_number() OVER (
+                PARTITION BY collection, name_key ORDER BY created_at, name
+            ) AS rank FROM subjects
+        ) WHERE rank > 1
+    )
+    """,
+    """
+    CREATE UNIQUE INDEX subjects_by_name_key ON subjects (collection, name_key)
+        WHERE look_alike = 0
+    """,
+    "CREATE INDEX subjects_look_alikes ON subjects (collection, name_key) WHERE look_alike = 1",
+    """
+    CREATE TRIGGER subjects_pass_name_key AFTER DELETE ON subjects
+    WHEN old.look_alike = 0
+    BEGIN
+        UPDATE subjects SET look_alike = 0
+         WHERE collection = old.collection AND name = (
+            SELECT name FROM subjects
+             WHERE collection = old.collection AND name_key = old.name_key
+               AND look_alike = 1
+             ORDER BY created_at, name LIMIT 1
+         );
+    END
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_INITIAL, _INDEX_SNAPSHOTS, _SUBJECT_NAME_KEYS)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from app.core.names import name_conflict, name_key
 from app.core.types import FaceRecord, FloatArray, NewFace, SubjectSummary
 from app.gallery.embedded.records import (
     FACE_COLUMNS,
@@ -44,12 +45,20 @@ class EmbeddingRows:
 def ensure_subject(
     connection: sqlite3.Connection, collection: str, subject: str, now: datetime
 ) -> None:
+    """Create ``subject`` unless it exists; ``NameConflict`` when another subject of the
+    collection holds its name key (the unique index decides, in this transaction)."""
     timestamp = format_timestamp(now)
-    connection.execute(
-        "INSERT INTO subjects (collection, name, created_at, updated_at) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (collection, name) DO NOTHING",
-        (collection, subject, timestamp, timestamp),
-    )
+    key = name_key(subject)
+    created = connection.execute(
+        "INSERT INTO subjects (collection, name, name_key, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (collection, subject, key, timestamp, timestamp),
+    ).rowcount
+    if created or subject_exists(connection, collection, subject):
+        return
+    holder = key_holder(connection, collection, key)
+    assert holder is not None  # the insert met either the name or the key
+    raise name_conflict(collection, subject, holder)
 
 
 def touch_subject(
@@ -119,12 +128,8 @@ def insert_faces_bulk(
     high-water mark are exactly the ones inserted here.
     """
     timestamp = format_timestamp(now)
-    subjects = list(dict.fromkeys(subject for subject, _ in faces))
-    connection.executemany(
-        "INSERT INTO subjects (collection, name, created_at, updated_at) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (collection, name) DO NOTHING",
-        [(collection, subject, timestamp, timestamp) for subject in subjects],
-    )
+    for subject in dict.fromkeys(subject for subject, _ in faces):
+        ensure_subject(connection, collection, subject, now)
     before = change_marks(connection).last_row_id
     face_ids = [uuid.uuid4().hex for _ in faces]
     connection.executemany(
@@ -173,6 +178,40 @@ def delete_face(connection: sqlite3.Connection, faiss_id: int) -> None:
 
 
 # --- reads ----------------------------------------------------------------------------
+
+
+def subject_exists(connection: sqlite3.Connection, collection: str, subject: str) -> bool:
+    row = connection.execute(
+        "SELECT 1 FROM subjects WHERE collection = ? AND name = ?", (collection, subject)
+    ).fetchone()
+    return row is not None
+
+
+def key_holder(connection: sqlite3.Connection, collection: str, key: str) -> str | None:
+    """The subject of ``collection`` holding name key ``key``, if any (one index probe)."""
+    row = connection.execute(
+        "SELECT name FROM subjects WHERE collection = ? AND name_key = ? AND look_alike = 0",
+        (collection, key),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def look_alike_of(connection: sqlite3.Connection, collection: str, subject: str) -> str | None:
+    """The other subject whose name looks like ``subject``, unless ``subject`` exists."""
+    row = connection.execute(
+        "SELECT name FROM subjects WHERE collection = ? AND name_key = ? AND look_alike = 0 "
+        "AND NOT EXISTS (SELECT 1 FROM subjects WHERE collection = ? AND name = ?)",
+        (collection, name_key(subject), collection, subject),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def look_alike_counts(connection: sqlite3.Connection) -> dict[str, int]:
+    """Subjects kept from before the look-alike rule, per collection."""
+    rows = connection.execute(
+        "SELECT collection, COUNT(*) FROM subjects WHERE look_alike = 1 GROUP BY collection"
+    )
+    return {row[0]: int(row[1]) for row in rows}
 
 
 def find_face_by_image(

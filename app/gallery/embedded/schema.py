@@ -5,8 +5,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from app.core.names import name_key
 from app.errors import GalleryModelMismatch, GalleryUnavailable
-from app.gallery.embedded.migrations import MIGRATIONS, SCHEMA_VERSION
+from app.gallery.embedded.migrations import MIGRATIONS, NAME_KEY_FUNCTION, SCHEMA_VERSION
 from app.storage import sqlite as sqlite_storage
 from app.storage.sqlite import format_timestamp, transaction, utc_now
 
@@ -27,6 +28,8 @@ def ensure_schema(
     connection: sqlite3.Connection, db_path: Path, *, model_id: str, dim: int
 ) -> None:
     """Create a new gallery, or check an existing one matches this build and model."""
+    # The name-key migration computes keys with the service's own function.
+    connection.create_function(NAME_KEY_FUNCTION, 1, name_key, deterministic=True)
     with transaction(connection):
         tables = {
             row[0]

@@ -57,6 +57,7 @@ from app.gallery.embedded.snapshotter import (
 )
 from app.gallery.embedded.vectors import DEFAULT_POLICY, IndexPolicy
 from app.gallery.embedded.worker import Worker
+from app.gallery.look_alikes import log_look_alikes
 from app.gallery.values import require_text, validate_embeddings, validate_new_face
 from app.storage.sqlite import transaction, utc_now
 
@@ -110,6 +111,7 @@ class EmbeddedGallery:
             self._db = connect(db_path)
             cleanup.callback(self._db.close)
             ensure_schema(self._db, db_path, model_id=model_id, dim=dim)
+            log_look_alikes(repository.look_alike_counts(self._db))
             self._indexes = self._recover()
             cleanup.pop_all()
         with self._write_lock:
@@ -368,6 +370,14 @@ class EmbeddedGallery:
             if summary is None:
                 raise _subject_not_found(collection, subject)
             return summary, repository.subject_faces(self._db, collection, subject)
+
+    def look_alike_of(self, collection: str, subject: str) -> str | None:
+        """The other subject whose name looks like ``subject``, unless ``subject`` exists."""
+        require_text(collection, "collection")
+        require_text(subject, "subject")
+        with self._db_lock:
+            self._require_open()
+            return repository.look_alike_of(self._db, collection, subject)
 
     def aligned_crops(self, collection: str | None = None) -> Iterator[tuple[FaceRecord, bytes]]:
         """Every stored aligned crop (PNG) with its face, e.g. to re-embed with a new model."""

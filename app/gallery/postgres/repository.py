@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from app.core.names import name_conflict, name_key
 from app.core.types import FaceRecord, FloatArray, NewFace, SubjectSummary
 from app.gallery.postgres.directory import CollectionRow
 
@@ -115,34 +116,46 @@ def subject_count(connection: Connection, collection_id: int) -> int:
 # --- writes -------------------------------------------------------------------------------
 
 
-def ensure_subject(connection: Connection, collection_id: int, name: str, now: datetime) -> int:
-    created = connection.execute(
-        "INSERT INTO subjects (collection_id, name, created_at, updated_at) "
-        "VALUES (%s, %s, %s, %s) ON CONFLICT (collection_id, name) DO NOTHING RETURNING id",
-        (collection_id, name, now, now),
-    ).fetchone()
-    if created is not None:
-        return int(created[0])
-    found = find_subject(connection, collection_id, name)
-    assert found is not None  # the collection row is locked: nobody deleted it meanwhile
-    return found
+def ensure_subject(
+    connection: Connection, collection: str, collection_id: int, name: str, now: datetime
+) -> int:
+    """The subject's id, created if missing; ``NameConflict`` when another subject of the
+    collection holds its name key (the unique index decides, in this transaction)."""
+    return ensure_subjects(connection, collection, collection_id, [name], now)[name]
 
 
 def ensure_subjects(
-    connection: Connection, collection_id: int, names: Sequence[str], now: datetime
+    connection: Connection,
+    collection: str,
+    collection_id: int,
+    names: Sequence[str],
+    now: datetime,
 ) -> dict[str, int]:
-    """Create the missing subjects of ``names``; every name's subject id."""
+    """Create the missing subjects of ``names``; every name's subject id.
+
+    ``NameConflict`` for the first name whose key another subject holds (already, or
+    an earlier name of ``names``): the caller's transaction then creates none.
+    """
+    names = list(names)
     connection.execute(
-        "INSERT INTO subjects (collection_id, name, created_at, updated_at) "
-        "SELECT %s, name, %s, %s FROM unnest(%s::text[]) AS name "
-        "ON CONFLICT (collection_id, name) DO NOTHING",
-        (collection_id, now, now, list(names)),
+        "INSERT INTO subjects (collection_id, name, name_key, created_at, updated_at) "
+        "SELECT %s, name, name_key, %s, %s "
+        "FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS new (name, name_key, ord) "
+        "ORDER BY ord ON CONFLICT DO NOTHING",
+        (collection_id, now, now, names, [name_key(name) for name in names]),
     )
     rows = connection.execute(
         "SELECT name, id FROM subjects WHERE collection_id = %s AND name = ANY(%s::text[])",
-        (collection_id, list(names)),
+        (collection_id, names),
     )
-    return {name: int(subject_id) for name, subject_id in rows}
+    ids = {name: int(subject_id) for name, subject_id in rows}
+    for name in names:
+        if name not in ids:
+            # The collection row is locked: the holder is still there.
+            holder = key_holder(connection, collection_id, name_key(name))
+            assert holder is not None  # the insert met either the name or the key
+            raise name_conflict(collection, name, holder)
+    return ids
 
 
 def insert_face(
@@ -275,6 +288,26 @@ def find_subject(connection: Connection, collection_id: int, name: str) -> int |
         "SELECT id FROM subjects WHERE collection_id = %s AND name = %s", (collection_id, name)
     ).fetchone()
     return None if found is None else int(found[0])
+
+
+def key_holder(connection: Connection, collection_id: int, key: str) -> str | None:
+    """The subject of the collection holding name key ``key``, if any (one index probe)."""
+    found = connection.execute(
+        "SELECT name FROM subjects WHERE collection_id = %s AND name_key = %s AND NOT look_alike",
+        (collection_id, key),
+    ).fetchone()
+    return None if found is None else str(found[0])
+
+
+def look_alike_of(connection: Connection, collection: str, subject: str) -> str | None:
+    """The other subject whose name looks like ``subject``, unless ``subject`` exists."""
+    found = connection.execute(
+        "SELECT s.name FROM subjects s JOIN collections c ON c.id = s.collection_id "
+        "WHERE c.name = %s AND s.name_key = %s AND NOT s.look_alike AND NOT EXISTS ("
+        "SELECT 1 FROM subjects e WHERE e.collection_id = c.id AND e.name = %s)",
+        (collection, name_key(subject), subject),
+    ).fetchone()
+    return None if found is None else str(found[0])
 
 
 def find_face_by_image(

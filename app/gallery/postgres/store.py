@@ -26,8 +26,10 @@ import numpy as np
 from app.core.gallery import BulkResult, EmbeddingBatch
 from app.core.types import FaceRecord, FloatArray, NewFace, SearchHit, SubjectSummary
 from app.errors import FaceNotFound, InvalidRequest, SubjectNotFound
+from app.gallery.look_alikes import log_look_alikes
 from app.gallery.postgres import repository
 from app.gallery.postgres.directory import CollectionDirectory, CollectionRow
+from app.gallery.postgres.name_keys import assign_name_keys, look_alike_counts
 from app.gallery.postgres.repository import Connection
 from app.gallery.postgres.schema import bind_model
 from app.gallery.postgres.search import search_collection
@@ -71,6 +73,11 @@ class PostgresGallery:
         self._closed = False
         with database.setup_transaction() as connection:
             bind_model(connection, model_id=model_id, dim=dim, where=database.where)
+            keyed = assign_name_keys(connection)
+            look_alikes = look_alike_counts(connection) if keyed else {}
+        if keyed:
+            logger.info("name keys given to %d subjects written before they were kept", keyed)
+        log_look_alikes(look_alikes)
         self._directory = CollectionDirectory(self._load_collections, self._load_collection)
         database.notifications.subscribe(
             GALLERY_CHANNEL, self._directory, timeout_s=database.options.startup_timeout_s
@@ -109,7 +116,9 @@ class PostgresGallery:
             now = utc_now()
             collection_id = repository.lock_collection(connection, collection, create=True)
             assert collection_id is not None
-            subject_id = repository.ensure_subject(connection, collection_id, subject, now)
+            subject_id = repository.ensure_subject(
+                connection, collection, collection_id, subject, now
+            )
             results: list[tuple[FaceRecord, bool]] = []
             for face in faces:
                 record = repository.new_record(
@@ -145,7 +154,9 @@ class PostgresGallery:
             collection_id = repository.lock_collection(connection, collection, create=True)
             assert collection_id is not None
             names = list(dict.fromkeys(subject for subject, _ in faces))
-            subject_ids = repository.ensure_subjects(connection, collection_id, names, now)
+            subject_ids = repository.ensure_subjects(
+                connection, collection, collection_id, names, now
+            )
             rows = [
                 (
                     subject_ids[subject],
@@ -336,6 +347,16 @@ class PostgresGallery:
         if result is None:
             raise _subject_not_found(collection, subject)
         return result
+
+    def look_alike_of(self, collection: str, subject: str) -> str | None:
+        """The other subject whose name looks like ``subject``, unless ``subject`` exists."""
+        require_text(collection, "collection")
+        require_text(subject, "subject")
+        self._require_open()
+        return self._database.run(
+            partial(repository.look_alike_of, collection=collection, subject=subject),
+            what="check subject name",
+        )
 
     def face_crop(self, collection: str, face_id: str) -> bytes | None:
         """The face's stored aligned crop (PNG); None when it was enrolled without one."""
