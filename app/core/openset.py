@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -178,17 +177,3 @@ def derive_threshold(
         gallery_size=gallery_size,
         per_comparison_far=far,
     )
-
-
-def exponential_scale(excesses: Sequence[float]) -> float:
-    """Maximum-likelihood scale of an exponential tail: the mean excess over the anchor
-    (the generalised Pareto distribution with shape 0; a bounded score such as a cosine
-    has a lighter tail than this, so thresholds extrapolated with it err high)."""
-    if not excesses:
-        raise ValueError("fitting a tail needs at least one excess")
-    if min(excesses) < 0:
-        raise ValueError("excesses are scores minus the anchor: none may be negative")
-    mean = math.fsum(excesses) / len(excesses)
-    if mean <= 0:
-        raise ValueError("all excesses are zero: the tail has no spread to fit")
-    return mean

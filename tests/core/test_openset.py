@@ -15,10 +15,9 @@ from app.core.openset import (
     TailPoint,
     derive_threshold,
     expected_fpir,
-    exponential_scale,
     per_comparison_far,
 )
-from training.evaluation.tail import TailAccumulator, keep_for
+from training.evaluation.tail import TailAccumulator, exponential_scale, keep_for
 
 EXPONENTIAL_RATE = 25.0  # P(S >= t) = exp(-25 t): the far=1e-6 quantile is 0.5526
 GAUSSIAN_SIGMA = 0.06  # about an ArcFace impostor distribution's spread
@@ -65,14 +64,15 @@ def test_per_comparison_far_inverts_the_max_of_n_comparisons(
     assert far == pytest.approx(target_fpir / comparisons, rel=target_fpir)
 
 
-@pytest.mark.parametrize("far", [1e-2, 1e-3, 1e-4, 1e-5])
+@pytest.mark.parametrize("far", [1e-2, 1e-3, 3e-4, 1e-4])
 def test_measured_quantiles_match_the_exponential_distribution(
     exponential_tail: ImpostorTail, far: float
 ) -> None:
     threshold, extrapolated = exponential_tail.threshold_at(far)
     assert not extrapolated
     # The count above a quantile of 2e6 samples has a relative error of 1/sqrt(far x 2e6):
-    # at most 7% at 1e-5, i.e. 0.07 / rate in threshold.
+    # at most 7% at 1e-4 (quantiles with fewer than 100 above are not measured).
+    assert far >= exponential_tail.deepest.far
     assert threshold == pytest.approx(exponential_quantile(far), abs=0.1 / EXPONENTIAL_RATE)
 
 
@@ -199,7 +199,11 @@ def test_per_comparison_far_refuses_meaningless_inputs(fpir: float, n: int) -> N
         per_comparison_far(fpir, n)
 
 
-def test_exponential_scale_is_the_mean_excess() -> None:
-    assert exponential_scale([0.0, 0.1, 0.2]) == pytest.approx(0.1)
+def test_exponential_scale_ignores_a_few_gross_outliers() -> None:
+    """Pairs of one person under two names (label noise) must not fatten the tail."""
+    excesses = np.random.default_rng(4).exponential(0.025, 3000)
+    contaminated = np.concatenate([excesses, np.full(30, 0.6)])
+    assert exponential_scale(contaminated) == pytest.approx(0.025, rel=0.08)
+    assert contaminated.mean() > 1.2 * 0.025  # what a mean-excess fit would have said
     with pytest.raises(ValueError, match="negative"):
-        exponential_scale([-0.1, 0.2])
+        exponential_scale(np.array([-0.1, 0.2]))

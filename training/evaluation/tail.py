@@ -7,9 +7,13 @@ open-set thresholds read) and counts the rest. From them:
 - quantiles at false-accept rates ``far``: the lowest threshold that at most
   ``floor(far x pairs)`` scores reach (``verification.calibrate_threshold``'s rule),
   measured where at least ``min_exceedances`` scores lie above it;
-- an exponential tail (generalised Pareto with shape 0) fitted by maximum likelihood to the
-  excesses over the quantile at ``fit_far``: what ``app.core.openset`` extrapolates with
-  beyond the deepest measured quantile.
+- an exponential tail (generalised Pareto with shape 0) fitted to the excesses over the
+  quantile at ``fit_far``: what ``app.core.openset`` extrapolates with beyond the deepest
+  measured quantile. The scale is the median excess / ln 2 (the exponential's median),
+  not the mean: a few pairs of one person under two names (LFW has some) lie at 0.8-0.96,
+  far above any impostor, and would make a mean-excess fit's tail half as heavy again.
+  A cosine is bounded by 1, so its true tail is lighter than an exponential: thresholds
+  extrapolated with this fit err high (fewer false matches than targeted).
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ TAIL_FARS = tuple(
     float(f"{mantissa}e-{exponent}") for exponent in range(2, 10) for mantissa in (3, 1)
 )[1:]
 # A quantile counts as measured when this many impostor scores lie above it (the
-# exceedance count's relative standard error is then at most 1/sqrt(10), about 30%).
-MIN_EXCEEDANCES = 10
+# exceedance count's relative standard error is then at most 1/sqrt(100), 10%).
+MIN_EXCEEDANCES = 100
 # The exponential tail is fitted to the excesses over the quantile at this rate.
 DEFAULT_FIT_FAR = 1e-5
 
@@ -52,7 +56,7 @@ class MeasuredTail:
     fit_far: float
     fit_threshold: float
     fit_exceedances: int
-    scale: float  # exponential tail's mean excess over fit_threshold
+    scale: float  # exponential tail's scale: median excess over fit_threshold / ln 2
     top_scores: list[float]  # the highest few, best first (look-alikes / label noise)
 
 
@@ -100,7 +104,8 @@ class TailAccumulator:
         fit_far: float = DEFAULT_FIT_FAR,
         top: int = 10,
     ) -> MeasuredTail:
-        """Quantiles at ``fars`` where measurable, and the exponential tail at ``fit_far``."""
+        """Quantiles at ``fars`` where measurable, and the exponential tail fitted over the
+        quantile at ``fit_far`` (or the deepest measured one, when ``fit_far`` is deeper)."""
         highest = self.highest()
         if self.pairs == 0:
             raise ValueError("no impostor scores were added")
@@ -109,20 +114,20 @@ class TailAccumulator:
             for far in sorted(fars, reverse=True)
             if (q := _quantile(highest, self.pairs, far, min_exceedances)) is not None
         ]
-        fit = _quantile(highest, self.pairs, fit_far, min_exceedances)
-        if fit is None:
+        if not quantiles:
             raise ValueError(
-                f"the fit rate {fit_far:g} is too deep for {self.pairs:,} pairs "
-                f"(needs {min_exceedances} scores above it)"
+                f"{self.pairs:,} pairs are too few to measure any quantile of {list(fars)}"
             )
+        # Anchored at fit_far, or at the deepest measured quantile when that is shallower.
+        fit = _quantile(highest, self.pairs, fit_far, min_exceedances) or quantiles[-1]
         excesses = highest[highest >= fit.threshold].astype(np.float64) - fit.threshold
         return MeasuredTail(
             pairs=self.pairs,
             quantiles=quantiles,
-            fit_far=fit_far,
+            fit_far=fit.far,
             fit_threshold=fit.threshold,
             fit_exceedances=int(excesses.size),
-            scale=float(excesses.mean()) if excesses.size else 0.0,
+            scale=exponential_scale(excesses),
             top_scores=[float(s) for s in highest[:top]],
         )
 
@@ -143,3 +148,16 @@ def _quantile(
 def keep_for(pairs: int, shallowest_far: float) -> int:
     """Scores to keep so the quantile at ``shallowest_far`` of ``pairs`` is exact."""
     return max(math.ceil(shallowest_far * pairs) + 2, 1)
+
+
+def exponential_scale(excesses: NDArray[np.float64]) -> float:
+    """Scale of an exponential fitted to excesses over an anchor, from their median
+    (median = scale x ln 2): robust to a few gross outliers at the top."""
+    if excesses.size == 0:
+        raise ValueError("fitting a tail needs at least one excess")
+    if float(excesses.min()) < 0:
+        raise ValueError("excesses are scores minus the anchor: none may be negative")
+    scale = float(np.median(excesses)) / math.log(2)
+    if scale <= 0:
+        raise ValueError("the excesses have no spread to fit a tail to")
+    return scale
