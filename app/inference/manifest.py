@@ -226,6 +226,15 @@ class ModelManifest(_Frozen):
         return f"{self.name}@{self.sha256[:16]}{suffix}"
 
 
+def impostor_tail_of(manifest: ModelManifest) -> ImpostorTail | None:
+    """The manifest's impostor tail when it was measured on this very embedding space
+    (the record's recognizer is the manifest's model id), else None."""
+    record = manifest.impostor_tail
+    if record is None or record.recognizer != manifest.model_id:
+        return None
+    return record.tail()
+
+
 def load_manifest(path: Path) -> ModelManifest:
     """Read and validate a manifest file; errors say which file and what is wrong."""
     try:
