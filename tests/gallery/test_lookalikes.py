@@ -9,6 +9,7 @@ import threading
 import numpy as np
 
 from app.core.lookalikes import LookalikeReports, scan_lookalikes
+from app.core.types import FloatArray
 from app.gallery.embedded import EmbeddedGallery
 from tests.gallery.conftest import MakeFace, NearVector, UnitVectors
 
@@ -54,10 +55,11 @@ def test_the_face_ids_are_the_closest_faces_of_the_pair(
     assert np.isclose(hit.similarity, first.similarity, atol=1e-5)
 
 
-def embedding_of(gallery: EmbeddedGallery, face_id: str) -> np.ndarray:
+def embedding_of(gallery: EmbeddedGallery, face_id: str) -> FloatArray:
     for batch in gallery.export_embeddings("c", batch_size=100):
         if face_id in batch.face_ids:
-            return batch.embeddings[batch.face_ids.index(face_id)]
+            row: FloatArray = batch.embeddings[batch.face_ids.index(face_id)]
+            return row
     raise AssertionError(f"no face {face_id}")
 
 
