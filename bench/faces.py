@@ -1,11 +1,11 @@
 """The labelled faces of ../shared/data (LFW, CFP, CelebA) as one set of embeddings, each
 image's largest face through the service's ``POST /embed``, cached per recognizer.
 
-Identities are keyed so that one person is one identity across data sets wherever the
-data says so: LFW folder names and CFP's ``list_name.txt`` names are normalised to the
-same key (``lfw`` and ``cfp`` share the namespace ``name:``). CelebA identities are
-numbers without names, so a CelebA face cannot be told apart from the same celebrity in
-LFW or CFP: ``pairable`` keeps CelebA faces to pairs within CelebA.
+Identities are ``<data set>:<name or id>``. Names do not link data sets: CFP's
+``list_name.txt`` spells many LFW people differently ("Jean Chretian", "George Bush",
+"Gerard Schroeder", "Nancy Peloci": 921 LFW-CFP pairs of "different" names at or above
+0.475, nearly all the same person), and CelebA has numbers, not names. So faces pair only
+within their own data set (``bench.impostor_tail.Pairing``).
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from bench.lfw import LfwEmbeddings, embed_largest_faces, save_embeddings
 from bench.service import Service
 
 DATASETS = ("lfw", "cfp", "celeba")
-# Data sets whose identities carry names that are comparable across data sets.
-NAMED = frozenset({"lfw", "cfp"})
+# The data set the open-set checks enroll and probe with (the most identities).
+CHECK_DATASET = "lfw"
 
 
 @dataclass(frozen=True, slots=True)
 class FaceImage:
     dataset: str
     path: str  # relative to the data set's images/ folder
-    identity: str  # ``name:<normalised>`` or ``celeba:<id>``
+    identity: str  # ``<data set>:<name or id>``
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +52,9 @@ class FaceSet:
         return np.array([image.dataset for image in self.images])
 
 
-def name_key(name: str) -> str:
-    """``Aaron_Rodgers`` and ``Aaron Rodgers`` alike: lower case, words joined by ``_``."""
-    return "name:" + "_".join(re.split(r"[\s_]+", name.strip().lower()))
+def name_key(dataset: str, name: str) -> str:
+    """``lfw:aaron_rodgers`` for ``Aaron_Rodgers``: lower case, words joined by ``_``."""
+    return f"{dataset}:" + "_".join(re.split(r"[\s_]+", name.strip().lower()))
 
 
 def list_dataset(data_root: Path, dataset: str) -> list[FaceImage]:
@@ -62,7 +62,7 @@ def list_dataset(data_root: Path, dataset: str) -> list[FaceImage]:
     if dataset == "lfw":
         images_dir = data_root / "lfw" / "images"
         return [
-            FaceImage("lfw", str(path.relative_to(images_dir)), name_key(path.parent.name))
+            FaceImage("lfw", str(path.relative_to(images_dir)), name_key("lfw", path.parent.name))
             for path in list_images(images_dir)
         ]
     if dataset == "cfp":
@@ -72,7 +72,9 @@ def list_dataset(data_root: Path, dataset: str) -> list[FaceImage]:
         for path in list_images(images_dir):
             number = int(path.relative_to(images_dir).parts[0])
             found.append(
-                FaceImage("cfp", str(path.relative_to(images_dir)), name_key(names[number - 1]))
+                FaceImage(
+                    "cfp", str(path.relative_to(images_dir)), name_key("cfp", names[number - 1])
+                )
             )
         return found
     if dataset == "celeba":

@@ -10,15 +10,16 @@ Run from the repository root::
 
 Each image's largest face goes once through ``POST /embed`` of an in-process service
 (cached per data set in ``--cache``; ``bench.faces``). Pairs are impostor pairs when their
-identities differ; CelebA faces pair only with CelebA faces (its identities have no names
-to tell them from the same person in LFW or CFP). Similarities are computed in row blocks
-(``training.evaluation.scores.BLOCK_ROWS``): memory stays small.
+identities differ within one data set: names do not link data sets (``bench.faces``).
+Similarities are computed in row blocks (``training.evaluation.scores.BLOCK_ROWS``):
+memory stays small.
 
-The check splits identities by sha256 in four: the tail is measured on two quarters, a
-gallery is enrolled from the third (all faces of each subject but one), the fourth are
-strangers. For gallery sizes up to all of the third quarter: the FPIR of the strangers
-(share whose best gallery face reaches the threshold) at thresholds derived with N =
-faces and with N = subjects, and the FNIR of the held-back faces of enrolled subjects.
+The check splits identities by sha256 in four: the tail is measured on two quarters (all
+data sets), a gallery is enrolled from the third (LFW: all faces of each subject but
+one), the fourth (LFW) are strangers. For gallery sizes up to all of the third quarter:
+the FPIR of the strangers (share whose best gallery face reaches the threshold) at
+thresholds derived with N = faces and with N = subjects, and the FNIR of the held-back
+faces of enrolled subjects.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from bench.common import (
     print_machine,
     write_json,
 )
-from bench.faces import DATASETS, NAMED, FaceSet, embed_faces
+from bench.faces import CHECK_DATASET, DATASETS, FaceSet, embed_faces
 from bench.service import open_services
 from training.evaluation.scores import BLOCK_ROWS, identity_codes
 from training.evaluation.tail import (
@@ -69,19 +70,15 @@ SHALLOWEST_FAR = 1e-2
 
 @dataclass(frozen=True, slots=True)
 class Pairing:
-    """Who pairs with whom: identity codes, and a data set group per row (rows of
-    different groups never pair; the named data sets share group 0)."""
+    """Who pairs with whom: identity codes, and a data set per row (rows of different
+    data sets never pair)."""
 
     codes: NDArray[np.int64]
     groups: NDArray[np.int64]
 
     @classmethod
     def of(cls, faces: FaceSet) -> Pairing:
-        datasets = faces.datasets
-        groups = np.zeros(len(datasets), np.int64)
-        for number, dataset in enumerate(sorted(set(datasets) - NAMED), start=1):
-            groups[datasets == dataset] = number
-        return cls(identity_codes(faces.identities), groups)
+        return cls(identity_codes(faces.identities), identity_codes(faces.datasets.tolist()))
 
 
 def identity_parts(identities: Sequence[str], parts: int) -> NDArray[np.int64]:
@@ -130,7 +127,8 @@ class CheckSets:
 
 def check_sets(faces: FaceSet, parts: NDArray[np.int64], named: NDArray[np.bool_]) -> CheckSets:
     """Gallery (part 2, all faces but the last of a subject with several), its held-back
-    faces, and strangers (part 3); only named data sets (strangers must be strangers)."""
+    faces, and strangers (part 3), of the rows in ``named`` (one data set: strangers must
+    be strangers)."""
     identities = np.array(faces.identities)
     gallery_rows = np.flatnonzero((parts == 2) & named)
     last_of: dict[str, int] = {}
@@ -155,7 +153,7 @@ def best_matches(
 def run_check(faces: FaceSet, fit_far: float, floor: float) -> dict[str, Any]:
     pairing = Pairing.of(faces)
     parts = identity_parts(faces.identities, CHECK_PARTS)
-    named = np.isin(faces.datasets, sorted(NAMED))
+    named = faces.datasets == CHECK_DATASET
     tail_rows = np.flatnonzero(parts < 2)
     tail = as_tail(measure_tail(faces, pairing, tail_rows, fit_far))
     sets = check_sets(faces, parts, named)
@@ -193,9 +191,9 @@ def run_check(faces: FaceSet, fit_far: float, floor: float) -> dict[str, Any]:
     return {
         "split": (
             f"identities by sha256 mod {CHECK_PARTS}: tail on parts 0-1 "
-            f"({tail.pairs:,} impostor pairs), gallery from part 2 (named data sets; each "
+            f"({tail.pairs:,} impostor pairs), gallery from part 2 ({CHECK_DATASET}; each "
             "subject's last face held back as a mated probe when it has several), "
-            "strangers from part 3"
+            f"strangers from part 3 ({CHECK_DATASET})"
         ),
         "strangers": len(sets.strangers),
         "tail_pairs": tail.pairs,
@@ -245,8 +243,9 @@ def tail_record(
         "data": (
             f"{', '.join(datasets)} of ../shared/data: {len(faces.images):,} images with a face "
             f"({faces.without_face} without), {len(set(faces.identities)):,} identities; "
-            "every pair of different identities (CelebA only with CelebA); the largest face "
-            "of each image through POST /embed"
+            "every pair of different identities within a data set (names do not link data "
+            "sets: CFP spells many LFW people differently); the largest face of each image "
+            "through POST /embed"
         ),
         "images": len(faces.images),
         "identities": len(set(faces.identities)),

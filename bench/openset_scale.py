@@ -6,7 +6,8 @@ Run from the repository root (embeddings from ``bench.impostor_tail --cache``)::
     python -m bench.openset_scale --cache /tmp/facerec-faces --sizes 1000,10000,100000
 
 Identities of ../shared/data are split by sha256 in four (``bench.impostor_tail``'s
-split). Part 2 is enrolled (every face of a subject but the last, held back as an
+split); gallery, probes and synthetic faces are all LFW's (names do not link data sets,
+``bench.faces``). Part 2 is enrolled (every face of a subject but the last, held back as an
 enrolled probe when it has several); part 3 are strangers, never enrolled. A gallery of N
 faces holds the enrolled faces and, to reach N, synthetic identities: the normalised sum
 of two real faces of different people of parts 0-1 (never a stranger's, nor an enrolled
@@ -51,7 +52,7 @@ from bench.common import (
     print_machine,
     write_json,
 )
-from bench.faces import NAMED, FaceSet, embed_faces
+from bench.faces import CHECK_DATASET, FaceSet, embed_faces
 from bench.impostor_tail import (
     CHECK_PARTS,
     Pairing,
@@ -224,14 +225,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     target = args.target_fpir or Settings.model_fields["target_fpir"].default
     config = OpenSetConfig(tail=tail, match_threshold=match, default_target_fpir=target)
     parts = identity_parts(faces.identities, CHECK_PARTS)
-    named = np.isin(faces.datasets, sorted(NAMED))
+    named = faces.datasets == CHECK_DATASET
     held_out_tail = as_tail(
         measure_tail(faces, Pairing.of(faces), np.flatnonzero(parts < 2), DEFAULT_FIT_FAR)
     )
     sets = check_sets(faces, parts, named)
     # Not part 2 either: a synthetic face made from an enrolled subject's face would
     # compete with that subject for its enrolled probes.
-    sources = np.flatnonzero(parts < 2)
+    sources = np.flatnonzero((parts < 2) & named)
     print(
         f"{len(sets.gallery):,} real faces to enroll, {len(sets.mated):,} enrolled probes, "
         f"{len(sets.strangers):,} strangers; synthetic faces from {len(sources):,} real ones"
