@@ -143,3 +143,40 @@ def test_collection_settings_change_the_target_durably(
     assert app_client.get(url).json()["target_fpir"] == 1e-6
     assert app_client.put(url, json={"target_fpir": None}).json()["target_fpir"] is None
     assert app_client.put(url, json={"target_fpir": 0}).status_code == 422
+
+
+def test_one_person_under_two_names_is_reported_and_flagged(
+    app_client: TestClient,
+    collection: str,
+    enroll: Enroll,
+    identify: Identify,
+    lfw_photo: LfwPhoto,
+) -> None:
+    """The look-alike report pairs the two names; a match to either lists the other."""
+    assert enroll(app_client, collection, "Vanessa", lfw_photo(*ENROLLED)).status_code == 201
+    twin = enroll(app_client, collection, "Vanessa again", lfw_photo("Vanessa_Incontrada", 4))
+    assert twin.status_code == 201, twin.text
+    assert enroll(app_client, collection, "Rita", lfw_photo(*STRANGER)).status_code == 201
+
+    report = app_client.get(f"/collections/{collection}/lookalikes")
+    assert report.status_code == 200, report.text
+    body = report.json()
+    first = body["pairs"][0]
+    assert (first["subject_a"], first["subject_b"]) == ("Vanessa", "Vanessa again")
+    assert first["above_threshold"] is True
+    assert (body["complete"], body["faces_scanned"]) == (True, 3)
+
+    response = identify(app_client, collection, lfw_photo(*SAME_PERSON))
+    face = only_face(response)
+    matched = face["match"]["subject"]
+    other = {"Vanessa": "Vanessa again", "Vanessa again": "Vanessa"}[matched]
+    flags = {flag["subject"]: flag["similarity"] for flag in face["match_lookalikes"]}
+    assert flags[other] == first["similarity"]
+    # Rita's photo is close to Vanessa's too (about 0.40): above a 3-face threshold.
+    expected = {
+        pair["subject_b"] if pair["subject_a"] == matched else pair["subject_a"]
+        for pair in body["pairs"]
+        if matched in (pair["subject_a"], pair["subject_b"])
+        and pair["similarity"] >= response.json()["threshold"]
+    }
+    assert set(flags) == expected
