@@ -71,6 +71,7 @@ async def get_settings(
 @router.put(
     "/collections/{collection}/settings",
     response_model=CollectionSettingsOut,
+    responses=error_responses("malformed_request"),
     summary="Set a collection's target FPIR",
 )
 async def put_settings(

@@ -358,6 +358,13 @@ SCENARIOS: dict[tuple[str, str, int], list[Scenario]] = {
         lambda w: w.scoped.put(f"/collections/{OTHER}/settings", json={"target_fpir": 0.01}),
         lambda w: w.scoped.put(f"/collections/{OTHER}/settings", json={"target_fpir": None}),
     ],
+    ("put", SETTINGS, 400): [
+        lambda w: w.main.put(
+            f"/collections/{COLLECTION}/settings",
+            content=b"\x00",
+            headers={"Content-Type": "application/json"},
+        )
+    ],
     ("put", SETTINGS, 401): [
         lambda w: w.anonymous.put(f"/collections/{OTHER}/settings", json={"target_fpir": 0.01})
     ],
