@@ -187,6 +187,19 @@ class Settings(BaseSettings):
         description="how long a batch waits for more faces; 0 = only what is already queued",
     )
 
+    # --- open-set identification (app/core/openset.py, docs/openset.md) ------------------
+    target_fpir: float = Field(
+        1e-3,
+        gt=0,
+        lt=1,
+        description="identify: share of people not enrolled who may be matched to somebody; "
+        "the threshold is derived from it per collection and size (collections may override)",
+    )
+    lookalike_max_faces: int = Field(
+        100_000, ge=1, description="look-alike report: faces searched per collection at most"
+    )
+    lookalike_keep: int = Field(1000, ge=1, description="look-alike report: subject pairs kept")
+
     @model_validator(mode="before")
     @classmethod
     def _split_providers(cls, values: dict[str, object]) -> dict[str, object]:

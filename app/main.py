@@ -20,6 +20,7 @@ from app.api import gallery as gallery_routes
 from app.api import health as health_routes
 from app.api import keys as key_routes
 from app.api import metrics as metrics_routes
+from app.api import openset as openset_routes
 from app.api import pages as page_routes
 from app.api import recognition as recognition_routes
 from app.api import stream as stream_routes
@@ -39,15 +40,17 @@ from app.auth.dependencies import API_KEY_HEADER
 from app.auth.guard import Guard
 from app.auth.keystore import KeyStore
 from app.config import Settings, available_cores
+from app.core.lookalikes import LookalikeReports
 from app.core.pipeline import FacePipeline
 from app.core.service import FaceService, QualityGate
+from app.core.thresholds import CollectionSettingsStore, OpenSetConfig, ThresholdPolicy
 from app.gallery import Gallery, open_gallery
 from app.inference.align import align_face
 from app.inference.batcher import BatchingEmbedder
 from app.inference.engines.factory import resolve_engine
 from app.inference.image import declared_pixels, decode_image
 from app.inference.loader import LoadedModel, build_detector, build_embedder, load_model
-from app.inference.manifest import DetectorInput
+from app.inference.manifest import DetectorInput, impostor_tail_of
 from app.inference.session import RuntimeOptions
 from app.observability.logging import configure_logging
 from app.observability.metrics import Metrics, timed
@@ -188,6 +191,25 @@ def build_service(
         if settings.match_threshold is not None
         else manifest.thresholds.match
     )
+    tail = impostor_tail_of(manifest)
+    if tail is None:
+        logger.warning(
+            "recognizer %s has no impostor_tail measured on its embedding space: identify "
+            "uses the fixed threshold %.4f at every gallery size (bench/impostor_tail.py "
+            "measures one)",
+            manifest.model_id,
+            threshold,
+        )
+    thresholds = ThresholdPolicy(
+        OpenSetConfig(
+            tail=tail,
+            match_threshold=threshold,
+            default_target_fpir=settings.target_fpir,
+            fixed=settings.match_threshold is not None,
+        ),
+        gallery,
+        gallery if isinstance(gallery, CollectionSettingsStore) else None,
+    )
     full_decode = partial(
         decode_image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
     )
@@ -206,6 +228,10 @@ def build_service(
         probe=declared_pixels,
         max_request_pixels=settings.max_request_pixels,
         cpu_stages=threading.BoundedSemaphore(settings.resolved_inference_workers()),
+        thresholds=thresholds,
+        lookalikes=LookalikeReports(
+            gallery, max_faces=settings.lookalike_max_faces, keep=settings.lookalike_keep
+        ),
     )
 
 
@@ -298,6 +324,11 @@ def shared_key_store(database: Database) -> KeyStore:
     return PostgresKeyStore(database)
 
 
+def _identification_threshold(service: FaceService, collection: str) -> float:
+    """The threshold /identify applies in ``collection`` now: the stream uses the same."""
+    return service.identification_threshold(collection, threshold=None, target_fpir=None).threshold
+
+
 def build_stream_hub(runtime: Runtime) -> StreamHub:
     """Live recognition (/stream): shares the runtime's sessions, gallery and threshold."""
     settings = runtime.settings
@@ -317,6 +348,7 @@ def build_stream_hub(runtime: Runtime) -> StreamHub:
         embed=partial(runtime.service.pipeline.embed, refine=False),
         gallery=runtime.service.gallery,
         threshold=runtime.service.threshold,
+        threshold_for=partial(_identification_threshold, runtime.service),
         policy=ReidPolicy(
             interval=settings.stream_reid_interval,
             max_per_frame=settings.stream_max_recognitions_per_frame,
@@ -424,6 +456,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(recognition_routes.router)
     app.include_router(gallery_routes.router)
     app.include_router(gallery_routes.collections_router)
+    app.include_router(openset_routes.router)
     app.include_router(health_routes.router)
     app.include_router(key_routes.router)
     app.include_router(metrics_routes.router)

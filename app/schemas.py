@@ -81,10 +81,21 @@ class DetectedFace(BaseModel):
     )
 
 
+class LookalikeOut(BaseModel):
+    subject: str
+    similarity: float = Field(description="of its closest face to one of the match's faces")
+
+
 class IdentifiedFaceOut(DetectedFace):
     quality: QualityOut
     candidates: list[Candidate] = Field(description="best first")
     match: Candidate | None = Field(description="best candidate at or above threshold, else null")
+    match_lookalikes: list[LookalikeOut] = Field(
+        default_factory=list,
+        description="other subjects of the collection whose enrolled faces are at or above "
+        "the threshold to the matched subject's (look-alikes: the match may be either); from "
+        "the collection's latest look-alike report (GET /collections/{c}/lookalikes)",
+    )
 
 
 class ModelInfo(BaseModel):
@@ -92,10 +103,28 @@ class ModelInfo(BaseModel):
     recognizer: str
 
 
+ThresholdSourceOut = Literal[
+    "impostor_tail", "impostor_tail_extrapolated", "match_floor", "capped", "fixed", "request"
+]
+
+
 class IdentifyResponse(BaseModel):
     collection: str
     model: ModelInfo
-    threshold: float
+    threshold: float = Field(description="similarity at or above which a candidate matches")
+    target_fpir: float | None = Field(
+        description="false positive identification rate the threshold was derived for "
+        "(null: a fixed threshold)"
+    )
+    gallery_size: int = Field(description="faces in the collection the threshold was chosen for")
+    threshold_source: ThresholdSourceOut = Field(
+        description="impostor_tail: measured quantile of the recognizer's impostor scores; "
+        "impostor_tail_extrapolated: its fitted tail beyond the measured quantiles; "
+        "match_floor: the 1:1 match threshold (the derived one was lower); capped: no "
+        "threshold holds the target at this size; fixed: the fixed threshold "
+        "(FACEREC_MATCH_THRESHOLD, or a manifest without an impostor tail); request: the "
+        "request's threshold"
+    )
     faces: list[IdentifiedFaceOut]
 
 
@@ -173,7 +202,15 @@ class ReadyResponse(BaseModel):
     status: str
     detector: ModelReadiness
     recognizer: ModelReadiness
-    threshold: float
+    threshold: float = Field(description="the 1:1 match threshold (verify; identify's floor)")
+    target_fpir: float | None = Field(
+        None, description="identify's default target FPIR (FACEREC_TARGET_FPIR)"
+    )
+    identify_thresholds: str | None = Field(
+        None,
+        description="how identify chooses its threshold per collection "
+        "(GET /collections/{c}/settings shows a collection's)",
+    )
     gallery_faces: int | None = Field(None, description="admin keys only (or auth off)")
     collections: dict[str, int] | None = Field(
         None, description="faces per collection; admin keys only (or auth off)"
@@ -239,7 +276,17 @@ class EnrollFields(_Fields):
 class IdentifyFields(_Fields):
     top_k: int | None = Field(None, ge=1, description="candidates per face")
     threshold: float | None = Field(
-        None, ge=-1, le=1, description="similarity threshold; default from the model"
+        None,
+        ge=-1,
+        le=1,
+        description="similarity threshold; default: derived from the target FPIR",
+    )
+    target_fpir: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="false positive identification rate to derive the threshold for; "
+        "default: the collection's, else FACEREC_TARGET_FPIR (not with threshold)",
     )
 
 
@@ -269,3 +316,54 @@ class CollectionList(BaseModel):
     all_collections: bool = Field(
         description="the key may use any collection, including ones not created yet"
     )
+
+
+# --- open-set identification: collection settings and look-alikes (issue 15) --------------
+
+
+class CollectionSettingsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target_fpir: float | None = Field(
+        description="the collection's target false positive identification rate; null: "
+        "the service default (FACEREC_TARGET_FPIR)",
+        gt=0,
+        lt=1,
+    )
+
+
+class CollectionSettingsOut(BaseModel):
+    collection: str
+    target_fpir: float | None = Field(description="stored for the collection; null: default")
+    default_target_fpir: float = Field(description="FACEREC_TARGET_FPIR")
+    effective_target_fpir: float = Field(description="what identify uses when a request sets none")
+    threshold: float = Field(description="the threshold identify applies now")
+    gallery_size: int = Field(description="faces in the collection it was derived for")
+    threshold_source: ThresholdSourceOut
+    per_comparison_far: float | None = Field(
+        description="false-accept rate per face compared that holds the target at this size"
+    )
+    method: str = Field(description="how thresholds are chosen by this service")
+
+
+class LookalikePairOut(BaseModel):
+    subject_a: str
+    subject_b: str
+    similarity: float = Field(description="of their two closest enrolled faces")
+    face_a: str = Field(description="subject_a's face of the pair")
+    face_b: str
+    above_threshold: bool = Field(description="at or above the identification threshold now")
+
+
+class LookalikeReportOut(BaseModel):
+    collection: str
+    threshold: float = Field(description="the identification threshold now (see settings)")
+    faces_scanned: int
+    complete: bool = Field(
+        description="false: the collection holds more faces than FACEREC_LOOKALIKE_MAX_FACES; "
+        "only that many were searched"
+    )
+    pairs: list[LookalikePairOut] = Field(description="most similar first")
+    total: int = Field(description="pairs in the report (at most FACEREC_LOOKALIKE_KEEP)")
+    limit: int
+    offset: int

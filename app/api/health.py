@@ -37,11 +37,14 @@ def _readiness(model: LoadedModel) -> ModelReadiness:
 async def ready(runtime: RuntimeDep, request: Request) -> ReadyResponse:
     """Open. Collection names and sizes are tenants' data: they are listed only for an
     admin key (X-API-Key), or when API keys are off."""
+    policy = runtime.service.thresholds
     response = ReadyResponse(
         status="ready",
         detector=_readiness(runtime.detector),
         recognizer=_readiness(runtime.recognizer),
         threshold=runtime.service.threshold,
+        target_fpir=policy.config.default_target_fpir if policy else None,
+        identify_thresholds=policy.describes if policy else None,
     )
     if not sees_gallery_detail(request):
         return response

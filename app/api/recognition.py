@@ -42,6 +42,7 @@ from app.schemas import (
     IdentifiedFaceOut,
     IdentifyFields,
     IdentifyResponse,
+    LookalikeOut,
     PoseOut,
     QualityOut,
     RejectedImage,
@@ -165,6 +166,10 @@ def _identified(face: IdentifiedFace) -> IdentifiedFaceOut:
         quality=quality_out(face.quality),
         candidates=[_candidate(hit) for hit in face.candidates],
         match=_candidate(face.match) if face.match else None,
+        match_lookalikes=[
+            LookalikeOut(subject=subject, similarity=similarity)
+            for subject, similarity in face.lookalikes
+        ],
     )
 
 
@@ -302,15 +307,25 @@ async def identify(
     k = fields.top_k or settings.default_top_k
     if k > settings.max_top_k:
         raise InvalidRequest(f"top_k must be at most {settings.max_top_k}", field="top_k")
+    if fields.threshold is not None and fields.target_fpir is not None:
+        raise InvalidRequest(
+            "send threshold or target_fpir, not both: a threshold is what a target derives",
+            field="target_fpir",
+        )
     data = require_images(body, "image")[0].data
     faces, used = await run_inference(
         runtime,
-        lambda: runtime.service.identify(collection, data, top_k=k, threshold=fields.threshold),
+        lambda: runtime.service.identify(
+            collection, data, top_k=k, threshold=fields.threshold, target_fpir=fields.target_fpir
+        ),
     )
     return IdentifyResponse(
         collection=collection,
         model=model_info(runtime),
-        threshold=used,
+        threshold=used.threshold,
+        target_fpir=used.target_fpir,
+        gallery_size=used.gallery_size,
+        threshold_source=used.source,
         faces=[_identified(face) for face in faces],
     )
 

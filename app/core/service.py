@@ -5,18 +5,21 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 from PIL import Image
 
 from app.core.gallery import Gallery
+from app.core.lookalikes import LookalikeReports
 from app.core.matching import assign_subjects
 from app.core.names import name_conflict
+from app.core.openset import OpenSetThreshold, fixed_threshold
 from app.core.pipeline import FacePipeline
 from app.core.quality import DEFAULT_MIN_QUALITY, FaceQuality, assess_face
 from app.core.scaling import needs_full_resolution, rescale_detection
+from app.core.thresholds import ThresholdPolicy
 from app.core.types import DecodedImage, Detection, EmbeddedFace, FaceRecord, NewFace, SearchHit
 from app.errors import (
     FaceRecError,
@@ -120,6 +123,8 @@ class IdentifiedFace:
     quality: FaceQuality
     candidates: list[SearchHit]
     match: SearchHit | None
+    # Subjects whose faces are at or above the threshold to the match's (look-alikes).
+    lookalikes: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +193,8 @@ class FaceService:
         max_request_pixels: int | None = None,
         full_decoder: Decoder | None = None,
         cpu_stages: AbstractContextManager[object] | None = None,
+        thresholds: ThresholdPolicy | None = None,
+        lookalikes: LookalikeReports | None = None,
     ) -> None:
         """``decoder`` may decode large JPEGs at reduced scale; ``full_decoder`` (the
         same limits, full size) is then used for photos whose faces need it.
@@ -207,6 +214,10 @@ class FaceService:
         self.store_aligned_crops = store_aligned_crops
         self.probe = probe
         self.max_request_pixels = max_request_pixels
+        # Identification's per-collection thresholds; None: ``threshold`` everywhere.
+        self.thresholds = thresholds
+        # Look-alike subject pairs per collection; None: matches are never flagged.
+        self.lookalikes = lookalikes
 
     def check_subject_name(self, collection: str, subject: str) -> None:
         """Refuse a look-alike of another subject before any inference is spent
@@ -382,24 +393,56 @@ class FaceService:
                 )
         return found
 
+    def identification_threshold(
+        self, collection: str, *, threshold: float | None, target_fpir: float | None
+    ) -> OpenSetThreshold:
+        """What ``identify`` applies in ``collection``: the request's threshold, else the
+        one derived for the target FPIR at the collection's size (``ThresholdPolicy``)."""
+        if self.thresholds is not None:
+            return self.thresholds.threshold(
+                collection, target_fpir=target_fpir, threshold=threshold
+            )
+        size = self.gallery.stats().get(collection, 0)
+        if threshold is not None:
+            return fixed_threshold(threshold, size, "request")
+        return fixed_threshold(self.threshold, size, "fixed")
+
     def identify(
-        self, collection: str, data: bytes, *, top_k: int, threshold: float | None
-    ) -> tuple[list[IdentifiedFace], float]:
-        """Every face in the photo with its best candidates; a subject matches at most one face."""
-        limit = self.threshold if threshold is None else threshold
+        self,
+        collection: str,
+        data: bytes,
+        *,
+        top_k: int,
+        threshold: float | None,
+        target_fpir: float | None = None,
+    ) -> tuple[list[IdentifiedFace], OpenSetThreshold]:
+        """Every face in the photo with its best candidates; a subject matches at most one
+        face. The threshold is chosen before inference, for the collection as it is now."""
+        applied = self.identification_threshold(
+            collection, threshold=threshold, target_fpir=target_fpir
+        )
         faces = self.embed(data)
         if not faces:
-            return [], limit
+            return [], applied
         queries = np.stack([analysed.face.embedding for analysed in faces])
         candidates = self.gallery.search(collection, queries, top_k)
-        matches = assign_subjects(candidates, limit)
+        matches = assign_subjects(candidates, applied.threshold)
+        report = self.lookalikes.latest(collection) if self.lookalikes else None
         identified = [
             IdentifiedFace(
-                face=analysed.face, quality=analysed.quality, candidates=hits, match=match
+                face=analysed.face,
+                quality=analysed.quality,
+                candidates=hits,
+                match=match,
+                lookalikes=(
+                    report.partners(match.subject, applied.threshold)
+                    if report is not None and match is not None
+                    else []
+                ),
             )
             for analysed, hits, match in zip(faces, candidates, matches, strict=True)
         ]
-        return identified, limit
+        return identified, applied
 
     def _largest_face(self, data: bytes, field: str) -> EmbeddedFace:
         """The largest face of the photo sent as ``field``; errors name that field."""

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from app.core.openset import ImpostorTail, TailPoint
 from app.errors import ManifestInvalid, ModelChecksumMismatch, ModelNotFound
 
 _HASH_CHUNK = 1 << 20
@@ -120,6 +121,50 @@ class Thresholds(_Frozen):
     by_far: dict[str, float] = Field(default_factory=dict)
 
 
+class TailFit(_Frozen):
+    """The exponential tail beyond the measured quantiles: ``P(S >= t) = far x
+    exp(-(t - threshold) / scale)``, fitted to the ``exceedances`` scores above ``threshold``."""
+
+    kind: Literal["exponential"]
+    far: float = Field(gt=0, lt=1)
+    threshold: float = Field(ge=-1, le=1)
+    scale: float = Field(gt=0)
+    exceedances: int = Field(gt=0)
+
+
+class ImpostorTailRecord(_Frozen):
+    """The recognizer's impostor similarity distribution far into its upper tail, and how it
+    was measured (``bench/impostor_tail.py``): open-set identification derives its
+    thresholds from it (``app.core.openset``). Absent: identification uses ``match``."""
+
+    command: str
+    date: str
+    commit: str | None = None
+    data: str
+    detector: str
+    recognizer: str  # the model id measured; the service uses the tail only when it is its own
+    images: int
+    identities: int
+    pairs: int = Field(gt=0)
+    quantiles: dict[str, float] = Field(min_length=1, description="far -> threshold, measured")
+    exceedances: dict[str, int] = Field(default_factory=dict)
+    fit: TailFit
+    top_scores: list[float] = Field(default_factory=list)
+    check: dict[str, object] | None = None
+
+    def tail(self) -> ImpostorTail:
+        """The tail as ``app.core.openset`` reads it (validated: monotone quantiles)."""
+        points = tuple(
+            TailPoint(float(far), threshold) for far, threshold in self.quantiles.items()
+        )
+        return ImpostorTail(points=points, scale=self.fit.scale, pairs=self.pairs)
+
+    @model_validator(mode="after")
+    def _quantiles_form_a_tail(self) -> ImpostorTailRecord:
+        self.tail()  # ValueError -> ValidationError: the manifest is refused
+        return self
+
+
 class ImportSteps(_Frozen):
     """Graph rewrites applied when the file is loaded (the file on disk is untouched)."""
 
@@ -163,6 +208,7 @@ class ModelManifest(_Frozen):
     detector: DetectorSpec | None = None
     embedding_dim: int | None = Field(None, gt=0)
     thresholds: Thresholds | None = None
+    impostor_tail: ImpostorTailRecord | None = None
     import_steps: ImportSteps = ImportSteps()
     augment: Augment = Augment()
     licence: str
@@ -201,6 +247,15 @@ class ModelManifest(_Frozen):
         suffix += "+flip" if self.augment.flip else ""
         suffix += "+mirrorlm" if self.augment.landmarks == "mirror" else ""
         return f"{self.name}@{self.sha256[:16]}{suffix}"
+
+
+def impostor_tail_of(manifest: ModelManifest) -> ImpostorTail | None:
+    """The manifest's impostor tail when it was measured on this very embedding space
+    (the record's recognizer is the manifest's model id), else None."""
+    record = manifest.impostor_tail
+    if record is None or record.recognizer != manifest.model_id:
+        return None
+    return record.tail()
 
 
 def load_manifest(path: Path) -> ModelManifest:

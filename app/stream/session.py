@@ -111,12 +111,17 @@ class StreamEngine:
     detect: Callable[[ImageArray], list[Detection]]
     embed: Callable[[ImageArray, list[Detection]], list[EmbeddedFace]]
     gallery: Gallery
-    threshold: float
+    threshold: float  # the fixed one; ``threshold_for`` when given decides per collection
     policy: ReidPolicy = field(default_factory=ReidPolicy)
     votes: VoteRule = field(default_factory=VoteRule)
     tracking: TrackRule = field(default_factory=TrackRule)
     unknowns: UnknownStore | None = None  # None: unknown faces get no ids
     split_similarity: float = SPLIT_SIMILARITY
+    # The collection's identification threshold now (the calibrated one /identify applies).
+    threshold_for: Callable[[str], float] | None = None
+
+    def collection_threshold(self, collection: str) -> float:
+        return self.threshold if self.threshold_for is None else self.threshold_for(collection)
 
     def open_session(self, collection: str, owner: str | None = None) -> StreamSession:
         return StreamSession(self, collection, owner)
@@ -202,7 +207,7 @@ class StreamSession:
         embedded = self.engine.embed(job.image, [face.detection for face in job.tracked])
         queries = np.stack([face.embedding for face in embedded])
         candidates = self.engine.gallery.search(self.collection, queries, CANDIDATES_PER_FACE)
-        matches = assign_subjects(candidates, self.engine.threshold)
+        matches = assign_subjects(candidates, self.engine.collection_threshold(self.collection))
         recognitions = tuple(
             Recognition(
                 Observation(match.subject, match.similarity)
@@ -312,7 +317,7 @@ class StreamSession:
             collection=self.collection,
             owner=self.owner,
             crops=identity.unknown_crops,
-            threshold=self.engine.threshold,
+            threshold=self.engine.collection_threshold(self.collection),
             unknown_id=identity.unknown_id,
         )
         identity.unknown_crops = []
@@ -326,12 +331,17 @@ class StreamSession:
         identity = self.identities.get(track_id)
         if identity is None:
             rule = self.engine.votes
+            threshold = self.engine.collection_threshold(self.collection)
+            # The instant margin is set above the fixed threshold: it keeps that margin.
+            shift = threshold - self.engine.threshold
             identity = TrackIdentity(
                 IdentityVotes(
-                    threshold=self.engine.threshold,
+                    threshold=threshold,
                     window=rule.window,
                     min_votes=rule.min_votes,
-                    instant_similarity=rule.instant_similarity,
+                    instant_similarity=(
+                        None if rule.instant_similarity is None else rule.instant_similarity + shift
+                    ),
                 )
             )
             self.identities[track_id] = identity

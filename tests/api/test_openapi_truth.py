@@ -139,6 +139,8 @@ def rate_limited(request: Callable[[httpx.Client], httpx.Response]) -> Scenario:
 
 
 params = {"collection": COLLECTION}
+SETTINGS = "/collections/{collection}/settings"
+LOOKALIKES = "/collections/{collection}/lookalikes"
 
 
 def post_image(path: str, **form: str) -> Callable[[httpx.Client, bytes], httpx.Response]:
@@ -343,6 +345,46 @@ SCENARIOS: dict[tuple[str, str, int], list[Scenario]] = {
     ],
     ("get", "/collections", 401): [lambda w: w.anonymous.get("/collections")],
     ("get", "/collections", 429): [rate_limited(lambda c: c.get("/collections"))],
+    # --- open-set settings and look-alikes ---------------------------------------------------
+    ("get", SETTINGS, 200): [
+        lambda w: w.main.get(f"/collections/{COLLECTION}/settings"),
+        lambda w: w.scoped.get(f"/collections/{OTHER}/settings"),
+    ],
+    ("get", SETTINGS, 401): [lambda w: w.anonymous.get(f"/collections/{COLLECTION}/settings")],
+    ("get", SETTINGS, 403): [lambda w: w.scoped.get(f"/collections/{COLLECTION}/settings")],
+    ("get", SETTINGS, 422): [lambda w: w.main.get("/collections/-bad/settings")],
+    ("get", SETTINGS, 429): [rate_limited(lambda c: c.get(f"/collections/{OTHER}/settings"))],
+    ("put", SETTINGS, 200): [
+        lambda w: w.scoped.put(f"/collections/{OTHER}/settings", json={"target_fpir": 0.01}),
+        lambda w: w.scoped.put(f"/collections/{OTHER}/settings", json={"target_fpir": None}),
+    ],
+    ("put", SETTINGS, 400): [
+        lambda w: w.main.put(
+            f"/collections/{COLLECTION}/settings",
+            content=b"\x00",
+            headers={"Content-Type": "application/json"},
+        )
+    ],
+    ("put", SETTINGS, 401): [
+        lambda w: w.anonymous.put(f"/collections/{OTHER}/settings", json={"target_fpir": 0.01})
+    ],
+    ("put", SETTINGS, 403): [
+        lambda w: w.scoped.put(f"/collections/{COLLECTION}/settings", json={"target_fpir": 0.1})
+    ],
+    ("put", SETTINGS, 422): [
+        lambda w: w.main.put(f"/collections/{COLLECTION}/settings", json={"target_fpir": 1.5}),
+        lambda w: w.main.put(f"/collections/{COLLECTION}/settings", json={"other": 1}),
+    ],
+    ("put", SETTINGS, 429): [
+        rate_limited(lambda c: c.put(f"/collections/{OTHER}/settings", json={"target_fpir": 0.1}))
+    ],
+    ("get", LOOKALIKES, 200): [lambda w: w.main.get(f"/collections/{COLLECTION}/lookalikes")],
+    ("get", LOOKALIKES, 401): [lambda w: w.anonymous.get(f"/collections/{COLLECTION}/lookalikes")],
+    ("get", LOOKALIKES, 403): [lambda w: w.scoped.get(f"/collections/{COLLECTION}/lookalikes")],
+    ("get", LOOKALIKES, 422): [
+        lambda w: w.main.get(f"/collections/{COLLECTION}/lookalikes", params={"limit": "0"})
+    ],
+    ("get", LOOKALIKES, 429): [rate_limited(lambda c: c.get(f"/collections/{OTHER}/lookalikes"))],
     # --- health --------------------------------------------------------------------------
     ("get", "/health", 200): [lambda w: w.anonymous.get("/health")],
     ("get", "/ready", 200): [lambda w: w.anonymous.get("/ready")],

@@ -426,7 +426,14 @@ def test_ready_and_metrics_name_no_collection_without_an_admin_key(edge: Edge) -
             ready = http.get("/ready")
             metrics = http.get("/metrics")
         assert ready.status_code == 200
-        assert set(ready.json()) == {"status", "detector", "recognizer", "threshold"}
+        assert set(ready.json()) == {
+            "status",
+            "detector",
+            "recognizer",
+            "threshold",
+            "target_fpir",
+            "identify_thresholds",
+        }
         assert metrics.status_code == 200
         assert "alpha" not in metrics.text
         assert "facerec_gallery_faces" not in metrics.text

@@ -194,3 +194,30 @@ def test_the_same_person_in_another_photo_keeps_the_track_and_the_name(
     assert changed.checked == 1  # the view changed enough to be checked...
     assert changed.split == []  # ...and the embeddings say it is still him
     assert (face.track_id, face.subject) == (named.track_id, BUSH_NAME)
+
+
+def test_the_stream_applies_the_collections_identification_threshold(
+    client: TestClient, collection: str, enroll_people: EnrollPeople, bush_frames: list[bytes]
+) -> None:
+    """The app's engine asks /identify's policy for the collection's threshold; a
+    collection whose target puts it above the face's similarity leaves the track unknown."""
+    enroll_people(client, collection)
+    engine = client.app.state.streams.engine  # type: ignore[attr-defined]
+    service = client.app.state.runtime.service  # type: ignore[attr-defined]
+    applied = service.identification_threshold(collection, threshold=None, target_fpir=None)
+    assert engine.collection_threshold(collection) == applied.threshold
+
+    session = open_session(client, collection)
+    first = session.process(bush_frames[0], 0)
+    assert first.job is not None
+    outcome = session.recognise(first.job)
+    (recognition,) = outcome.recognitions
+    assert recognition.observation.subject == BUSH_NAME
+    similarity = recognition.observation.similarity
+
+    strict = replace(engine, threshold_for=lambda _: min(1.0, similarity + 0.01))
+    strict_session = strict.open_session(collection)
+    job = strict_session.process(bush_frames[0], 0).job
+    assert job is not None
+    (unknown,) = strict_session.recognise(job).recognitions
+    assert unknown.observation.subject is None

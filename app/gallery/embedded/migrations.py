@@ -126,5 +126,23 @@ _SUBJECT_NAME_KEYS = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_INITIAL, _INDEX_SNAPSHOTS, _SUBJECT_NAME_KEYS)
+# Per-collection settings an operator chose (issue 15: the target false positive
+# identification rate of open-set identification). No row, or a NULL: the service
+# default. Keyed by name: a collection may be configured before it holds faces.
+_COLLECTION_SETTINGS = (
+    """
+    CREATE TABLE collection_settings (
+        collection  TEXT PRIMARY KEY,
+        target_fpir REAL CHECK (target_fpir IS NULL OR (target_fpir > 0 AND target_fpir < 1)),
+        updated_at  TEXT NOT NULL
+    ) WITHOUT ROWID
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _INITIAL,
+    _INDEX_SNAPSHOTS,
+    _SUBJECT_NAME_KEYS,
+    _COLLECTION_SETTINGS,
+)
 SCHEMA_VERSION = len(MIGRATIONS)

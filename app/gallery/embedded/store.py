@@ -41,6 +41,7 @@ from types import TracebackType
 import numpy as np
 
 from app.core.gallery import BulkResult, EmbeddingBatch
+from app.core.thresholds import CollectionSettings
 from app.core.types import FaceRecord, FloatArray, NewFace, SearchHit, SubjectSummary
 from app.errors import FaceNotFound, GalleryUnavailable, InvalidRequest, SubjectNotFound
 from app.gallery.embedded import repository, snapshot
@@ -59,7 +60,7 @@ from app.gallery.embedded.vectors import DEFAULT_POLICY, IndexPolicy
 from app.gallery.embedded.worker import Worker
 from app.gallery.look_alikes import log_look_alikes
 from app.gallery.values import require_text, validate_embeddings, validate_new_face
-from app.storage.sqlite import transaction, utc_now
+from app.storage.sqlite import format_timestamp, transaction, utc_now
 
 __all__ = ["EmbeddedGallery"]
 
@@ -410,6 +411,31 @@ class EmbeddedGallery:
                 face_id=face_id,
             )
         return found[1]
+
+    # --- collection settings (app.core.thresholds.CollectionSettingsStore) ----------------
+
+    def collection_settings(self, collection: str) -> CollectionSettings:
+        """The stored settings of ``collection`` (all None when none were stored)."""
+        require_text(collection, "collection")
+        with self._db_lock:
+            self._require_open()
+            row = self._db.execute(
+                "SELECT target_fpir FROM collection_settings WHERE collection = ?", (collection,)
+            ).fetchone()
+        return CollectionSettings(target_fpir=None if row is None else row[0])
+
+    def set_collection_settings(self, collection: str, settings: CollectionSettings) -> None:
+        """Replace the collection's settings; committed (durably) when it returns."""
+        require_text(collection, "collection")
+        with self._db_lock:
+            self._require_open()
+            with transaction(self._db):
+                self._db.execute(
+                    "INSERT INTO collection_settings (collection, target_fpir, updated_at) "
+                    "VALUES (?, ?, ?) ON CONFLICT (collection) DO UPDATE "
+                    "SET target_fpir = excluded.target_fpir, updated_at = excluded.updated_at",
+                    (collection, settings.target_fpir, format_timestamp(utc_now())),
+                )
 
     def export_embeddings(self, collection: str, *, batch_size: int) -> Iterator[EmbeddingBatch]:
         """Every face of a collection in insertion order, ``batch_size`` at a time."""

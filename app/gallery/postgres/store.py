@@ -24,6 +24,7 @@ from typing import TypeVar
 import numpy as np
 
 from app.core.gallery import BulkResult, EmbeddingBatch
+from app.core.thresholds import CollectionSettings
 from app.core.types import FaceRecord, FloatArray, NewFace, SearchHit, SubjectSummary
 from app.errors import FaceNotFound, InvalidRequest, SubjectNotFound
 from app.gallery.look_alikes import log_look_alikes
@@ -300,6 +301,39 @@ class PostgresGallery:
         """The database's change counter of the collection (the same on every replica)."""
         self._require_open()
         return self._directory.version(collection)
+
+    # --- collection settings (app.core.thresholds.CollectionSettingsStore) ----------------
+
+    def collection_settings(self, collection: str) -> CollectionSettings:
+        """The stored settings of ``collection`` (all None when none were stored)."""
+        require_text(collection, "collection")
+        self._require_open()
+
+        def read(connection: Connection) -> float | None:
+            row = connection.execute(
+                "SELECT target_fpir FROM collection_settings WHERE collection = %s",
+                (collection,),
+            ).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return CollectionSettings(
+            target_fpir=self._database.run(read, what="read collection settings")
+        )
+
+    def set_collection_settings(self, collection: str, settings: CollectionSettings) -> None:
+        """Replace the collection's settings; committed when it returns."""
+        require_text(collection, "collection")
+        self._require_open()
+
+        def write(connection: Connection) -> None:
+            connection.execute(
+                "INSERT INTO collection_settings (collection, target_fpir, updated_at) "
+                "VALUES (%(c)s, %(t)s, now()) ON CONFLICT (collection) DO UPDATE "
+                "SET target_fpir = EXCLUDED.target_fpir, updated_at = EXCLUDED.updated_at",
+                {"c": collection, "t": settings.target_fpir},
+            )
+
+        self._database.run(write, what="write collection settings")
 
     # --- listings -------------------------------------------------------------------------
 

@@ -1,0 +1,109 @@
+"""The look-alike report over a real embedded gallery: subjects whose faces are close are
+paired, most similar first, each pair once; the scan is cached per collection version and
+capped (a partial report says so)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from app.core.lookalikes import LookalikeReports, scan_lookalikes
+from app.core.types import FloatArray
+from app.gallery.embedded import EmbeddedGallery
+from tests.gallery.conftest import MakeFace, NearVector, UnitVectors
+
+
+def enroll_twins(
+    gallery: EmbeddedGallery, unit_vectors: UnitVectors, near: NearVector, make_face: MakeFace
+) -> None:
+    """ann and anna share a face (twins); bob, carl, dora are strangers to everyone."""
+    base = unit_vectors(4)
+    gallery.add_faces("c", "ann", [make_face(base[0]), make_face(near(base[0]))])
+    gallery.add_faces("c", "anna", [make_face(near(base[0]))])
+    for name, vector in zip(("bob", "carl", "dora"), base[1:], strict=True):
+        gallery.add_faces("c", name, [make_face(vector)])
+
+
+def test_twins_are_the_closest_pair_and_each_pair_appears_once(
+    gallery: EmbeddedGallery, unit_vectors: UnitVectors, near: NearVector, make_face: MakeFace
+) -> None:
+    enroll_twins(gallery, unit_vectors, near, make_face)
+    report = scan_lookalikes(gallery, "c", max_faces=100, keep=10)
+
+    first = report.pairs[0]
+    assert (first.subject_a, first.subject_b) == ("ann", "anna")
+    assert first.similarity > 0.9
+    keys = [(p.subject_a, p.subject_b) for p in report.pairs]
+    assert len(keys) == len(set(keys))
+    assert all(p.subject_a < p.subject_b for p in report.pairs)
+    assert [p.similarity for p in report.pairs] == sorted(
+        (p.similarity for p in report.pairs), reverse=True
+    )
+    assert (report.faces_scanned, report.complete) == (6, True)
+    assert report.partners("anna", threshold=0.9) == [("ann", first.similarity)]
+    assert report.partners("bob", threshold=0.9) == []
+
+
+def test_the_face_ids_are_the_closest_faces_of_the_pair(
+    gallery: EmbeddedGallery, unit_vectors: UnitVectors, near: NearVector, make_face: MakeFace
+) -> None:
+    enroll_twins(gallery, unit_vectors, near, make_face)
+    first = scan_lookalikes(gallery, "c", max_faces=100, keep=10).pairs[0]
+    hit = gallery.best_match_for_subject("c", "ann", embedding_of(gallery, first.face_b))
+    assert hit.face_id == first.face_a
+    assert np.isclose(hit.similarity, first.similarity, atol=1e-5)
+
+
+def embedding_of(gallery: EmbeddedGallery, face_id: str) -> FloatArray:
+    for batch in gallery.export_embeddings("c", batch_size=100):
+        if face_id in batch.face_ids:
+            row: FloatArray = batch.embeddings[batch.face_ids.index(face_id)]
+            return row
+    raise AssertionError(f"no face {face_id}")
+
+
+def test_a_scan_over_the_cap_is_partial(
+    gallery: EmbeddedGallery, unit_vectors: UnitVectors, near: NearVector, make_face: MakeFace
+) -> None:
+    enroll_twins(gallery, unit_vectors, near, make_face)
+    report = scan_lookalikes(gallery, "c", max_faces=4, keep=10)
+    assert (report.faces_scanned, report.complete) == (4, False)
+
+
+def test_reports_are_cached_until_the_collection_changes(
+    gallery: EmbeddedGallery, unit_vectors: UnitVectors, near: NearVector, make_face: MakeFace
+) -> None:
+    enroll_twins(gallery, unit_vectors, near, make_face)
+    reports = LookalikeReports(gallery, max_faces=100, keep=10)
+    assert reports.latest("c") is None
+    first = reports.current("c")
+    assert reports.current("c") is first
+    gallery.delete_subject("c", "anna")
+    second = reports.current("c")
+    assert second is not first
+    assert all("anna" not in (p.subject_a, p.subject_b) for p in second.pairs)
+    assert reports.latest("c") is second
+
+
+def test_concurrent_callers_share_one_scan(
+    gallery: EmbeddedGallery, unit_vectors: UnitVectors, near: NearVector, make_face: MakeFace
+) -> None:
+    enroll_twins(gallery, unit_vectors, near, make_face)
+    reports = LookalikeReports(gallery, max_faces=100, keep=10)
+    results: list[object] = []
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            results.append(reports.current("c"))
+        except BaseException as error:  # collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len({id(result) for result in results}) == 1
