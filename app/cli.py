@@ -1,4 +1,4 @@
-"""The ``facerec`` command: serve the API; list, fetch and verify models; mint admin keys.
+"""The ``facerec`` command: serve the API; models; admin keys; bulk gallery paths.
 
 A composition root: it reads the environment (through ``Settings``, plus
 ``FACEREC_MODELS_URL_BASE`` for mirrors) and hands plain values to the library.
@@ -13,7 +13,7 @@ import importlib.metadata
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -22,7 +22,8 @@ import app
 from app.auth.keystore import KeyStore
 from app.auth.store import KEYS_FILENAME, SqliteKeyStore
 from app.config import Settings
-from app.errors import FaceRecError, ModelChecksumMismatch, ModelNotFound
+from app.core.gallery import Gallery
+from app.errors import FaceRecError, GalleryUnavailable, ModelChecksumMismatch, ModelNotFound
 from app.inference.catalog import (
     ModelPack,
     list_manifests,
@@ -122,7 +123,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = actions.add_parser("verify", parents=[where], help="check sha256 of present files")
     verify.set_defaults(handler=_verify)
+    _add_gallery_commands(commands)
     return parser
+
+
+def _add_gallery_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gallery = commands.add_parser(
+        "gallery",
+        help="bulk export and import (the server must be stopped: embedded galleries "
+        "are opened by one process at a time)",
+    )
+    actions = gallery.add_subparsers(dest="action", required=True, metavar="ACTION")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--collection", required=True, help="the collection to read or fill")
+    common.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common.add_argument(
+        "--verbose", action="store_true", help="log at FACEREC_LOG_LEVEL (default: warnings)"
+    )
+
+    export = actions.add_parser(
+        "export", parents=[common], help="write a collection's embeddings to an .npz file"
+    )
+    export.add_argument("out", type=Path, metavar="OUT.npz")
+    export.add_argument("--batch-size", type=_positive, default=BULK_BATCH_SIZE)
+    export.set_defaults(handler=_gallery_export)
+
+    embeddings = actions.add_parser(
+        "import-embeddings",
+        parents=[common],
+        help="add the faces of an .npz file (from export); safe to re-run",
+    )
+    embeddings.add_argument("source", type=Path, metavar="FILE.npz")
+    embeddings.add_argument("--batch-size", type=_positive, default=BULK_BATCH_SIZE)
+    embeddings.set_defaults(handler=_gallery_import_embeddings)
+
+    photos = actions.add_parser(
+        "import-photos",
+        parents=[common],
+        help="enroll DIR/<subject>/<photo> with the gates of POST /enroll; safe to re-run",
+    )
+    photos.add_argument("directory", type=Path, metavar="DIR")
+    photos.add_argument(
+        "--face-policy",
+        choices=("single", "largest"),
+        default="single",
+        help="single: reject photos with several faces (default); largest: use the largest",
+    )
+    photos.set_defaults(handler=_gallery_import_photos)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -204,6 +251,126 @@ def _list_keys(args: argparse.Namespace) -> int:
         rows.append((key.key_id, key.name, scope, revoked))
     _print_table(rows)
     return EXIT_OK
+
+
+def _gallery_export(args: argparse.Namespace) -> int:
+    from app.bulk.embeddings import export_collection
+
+    settings, collection = _bulk_settings(args)
+    with _open_bulk_gallery(settings) as gallery:
+        done = export_collection(
+            gallery,
+            collection,
+            args.out,
+            batch_size=args.batch_size,
+            progress=_progress(args),
+        )
+    print(
+        f"exported {done.faces} faces of collection {collection!r} to {args.out} "
+        f"in {done.seconds:.1f} s"
+    )
+    return EXIT_OK
+
+
+def _gallery_import_embeddings(args: argparse.Namespace) -> int:
+    from app.bulk.embeddings import import_embeddings
+
+    settings, collection = _bulk_settings(args)
+    with _open_bulk_gallery(settings) as gallery:
+        done = import_embeddings(
+            gallery,
+            collection,
+            args.source,
+            batch_size=args.batch_size,
+            progress=_progress(args),
+        )
+    rate = done.faces / done.seconds if done.seconds > 0 else 0.0
+    print(
+        f"imported {args.source} into collection {collection!r}: {done.added} faces added, "
+        f"{done.existing} already there, in {done.seconds:.1f} s ({rate:.0f} rows/s)"
+    )
+    return EXIT_OK
+
+
+def _gallery_import_photos(args: argparse.Namespace) -> int:
+    from app.bulk.photos import import_photos
+    from app.main import build_service, load_models
+    from app.observability.metrics import Metrics
+
+    settings, collection = _bulk_settings(args)
+    detector, recognizer = load_models(settings)
+    with _open_bulk_gallery(settings) as gallery:
+        service = build_service(settings, detector, recognizer, gallery, Metrics())
+        done = import_photos(
+            service,
+            collection,
+            args.directory,
+            policy=args.face_policy,
+            max_image_bytes=settings.max_image_bytes,
+            photos_per_call=settings.max_images_per_enroll,
+            progress=_progress(args),
+        )
+    print(
+        f"import-photos {args.directory} -> collection {collection!r}: {done.subjects} subjects, "
+        f"{done.added} faces added, {done.existing} already enrolled, "
+        f"{sum(done.rejected.values())} photos rejected, in {done.seconds:.1f} s"
+    )
+    for code, count in sorted(done.rejected.items(), key=lambda item: (-item[1], item[0])):
+        print(f"  rejected {count:6d}  {code}")
+    for path, code, message in done.examples:
+        print(f"  {code}: {path}: {message}")
+    return EXIT_OK
+
+
+BULK_BATCH_SIZE = 10_000
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def _bulk_settings(args: argparse.Namespace) -> tuple[Settings, str]:
+    from app.api.deps import validate_collection
+
+    settings = Settings()
+    configure_logging(settings.log_level if args.verbose else "WARNING", "text")
+    return settings, validate_collection(args.collection)
+
+
+@contextmanager
+def _open_bulk_gallery(settings: Settings) -> Iterator[Gallery]:
+    """The configured gallery for the configured recognizer's embeddings; closed after."""
+    from app.main import open_configured_gallery, open_shared_database
+
+    manifest, _ = resolve_manifest(settings.recognizer, settings.catalog_dir)
+    assert manifest.embedding_dim is not None  # the manifest validator requires it
+    with ExitStack() as resources:
+        database = open_shared_database(settings)
+        if database is not None:
+            resources.callback(database.close)
+        try:
+            gallery = open_configured_gallery(
+                settings, model_id=manifest.model_id, dim=manifest.embedding_dim, database=database
+            )
+        except GalleryUnavailable as exc:
+            if not exc.details.get("locked"):
+                raise
+            raise GalleryUnavailable(
+                f"the gallery in {settings.data_dir} is in use by another process (pid "
+                f"{exc.details.get('holder_pid')}), such as a running `facerec serve`. An "
+                "embedded gallery is opened by one process at a time: stop the server and run "
+                "this again, or enroll through the server's HTTP API (POST /enroll) while it runs",
+                **exc.details,
+            ) from exc
+        resources.callback(gallery.close)
+        yield gallery
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ from app.auth.keystore import KeyStore
 from app.config import Settings
 from app.core.pipeline import FacePipeline
 from app.core.service import FaceService, QualityGate
-from app.gallery import open_gallery
+from app.gallery import Gallery, open_gallery
 from app.inference.align import align_face
 from app.inference.image import declared_pixels, decode_image
 from app.inference.loader import LoadedModel, build_detector, build_embedder, load_model
@@ -84,7 +84,8 @@ class Runtime:
             self.database.close()
 
 
-def build_runtime(settings: Settings) -> Runtime:
+def load_models(settings: Settings) -> tuple[LoadedModel, LoadedModel]:
+    """The configured detector and recognizer, sessions sized from the settings."""
     threads = settings.resolved_intra_op_threads()
     options = RuntimeOptions(providers=tuple(settings.providers), intra_op_threads=threads)
     # FAISS searches run inside the same bounded workers as inference: give them
@@ -100,38 +101,37 @@ def build_runtime(settings: Settings) -> Runtime:
         )
         for ref, kind in ((settings.detector, "detector"), (settings.recognizer, "recognizer"))
     )
+    return detector, recognizer
+
+
+def open_configured_gallery(
+    settings: Settings, *, model_id: str, dim: int, database: Database | None
+) -> Gallery:
+    """The gallery the settings point at, for embeddings of ``model_id`` (server and CLI).
+
+    ``database`` is the shared PostgreSQL (``open_shared_database``) or None for the
+    embedded gallery under ``data_dir``; the caller owns and closes it."""
+    if database is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return open_gallery(
+        data_dir=settings.data_dir,
+        model_id=model_id,
+        dim=dim,
+        database=database,
+        ef_search=settings.database_ef_search,
+    )
+
+
+def build_service(
+    settings: Settings,
+    detector: LoadedModel,
+    recognizer: LoadedModel,
+    gallery: Gallery,
+    metrics: Metrics,
+) -> FaceService:
+    """Enroll / identify / verify on the loaded models and the gallery (server and CLI)."""
     manifest = recognizer.manifest
-    # Invariants: the manifest validator requires both for recognizers.
-    assert manifest.embedding_dim is not None
-    assert manifest.thresholds is not None
-    database = open_shared_database(settings)
-    try:
-        if database is None:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-        gallery = open_gallery(
-            data_dir=settings.data_dir,
-            model_id=manifest.model_id,
-            dim=manifest.embedding_dim,
-            database=database,
-            ef_search=settings.database_ef_search,
-        )
-        try:
-            guard = open_guard(
-                settings.data_dir,
-                enabled=settings.auth,
-                rate_per_s=settings.rate_limit_per_second,
-                burst=settings.rate_limit_burst,
-                store=shared_key_store(database) if database and settings.auth else None,
-            )
-        except BaseException:
-            gallery.close()
-            raise
-    except BaseException:
-        if database is not None:
-            database.close()
-        raise
-    metrics = Metrics()
-    metrics.watch_gallery(gallery.stats)
+    assert manifest.thresholds is not None  # the manifest validator requires it
     pipeline = FacePipeline(
         build_detector(detector),
         build_embedder(recognizer),
@@ -144,7 +144,7 @@ def build_runtime(settings: Settings) -> Runtime:
         if settings.match_threshold is not None
         else manifest.thresholds.match
     )
-    service = FaceService(
+    return FaceService(
         pipeline,
         gallery,
         timed(
@@ -166,6 +166,36 @@ def build_runtime(settings: Settings) -> Runtime:
         probe=declared_pixels,
         max_request_pixels=settings.max_request_pixels,
     )
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    detector, recognizer = load_models(settings)
+    manifest = recognizer.manifest
+    # Invariant: the manifest validator requires it for recognizers.
+    assert manifest.embedding_dim is not None
+    database = open_shared_database(settings)
+    try:
+        gallery = open_configured_gallery(
+            settings, model_id=manifest.model_id, dim=manifest.embedding_dim, database=database
+        )
+        try:
+            guard = open_guard(
+                settings.data_dir,
+                enabled=settings.auth,
+                rate_per_s=settings.rate_limit_per_second,
+                burst=settings.rate_limit_burst,
+                store=shared_key_store(database) if database and settings.auth else None,
+            )
+        except BaseException:
+            gallery.close()
+            raise
+    except BaseException:
+        if database is not None:
+            database.close()
+        raise
+    metrics = Metrics()
+    metrics.watch_gallery(gallery.stats)
+    service = build_service(settings, detector, recognizer, gallery, metrics)
     admission = AdmissionGate(
         settings.inference_workers + settings.inference_queue,
         per_tenant=settings.resolved_inference_slots_per_key(),

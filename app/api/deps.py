@@ -49,6 +49,17 @@ def validate_subject(subject: str) -> str:
     return name
 
 
+def validate_collection(collection: str) -> str:
+    """The rule ``CollectionParam`` applies to requests, for callers outside one (the CLI)."""
+    if not re.fullmatch(COLLECTION_PATTERN, collection):
+        raise InvalidRequest(
+            f"collection {collection!r} must be 1 to 64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit",
+            field="collection",
+        )
+    return collection
+
+
 async def run_inference(runtime: Runtime, function: Callable[[], T]) -> T:
     """Run one turn of blocking inference off the event loop.
 

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import errors
 
@@ -144,8 +145,53 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
 
 
+class InternalErrorMiddleware:
+    """Answers an unexpected exception with the generic 500 and keeps the connection.
+
+    Starlette's outermost error middleware answers too, but then re-raises, and
+    uvicorn closes a keep-alive connection whose request raised: the client's next
+    request on it would fail with a reset. Here the error is logged once and
+    handled. An error after the response started can only be logged.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            request = Request(scope)
+            if started:
+                logger.exception(
+                    "unhandled error on %s %s after its response started",
+                    request.method,
+                    request.url.path,
+                    exc_info=exc,
+                )
+                return
+            response = await _unexpected_error(request, exc)
+            await response(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """Domain errors, validation, HTTP errors and unexpected ones as JSON error bodies.
+
+    Call before adding other middleware: ``InternalErrorMiddleware`` must sit inside
+    them, so that the access log and metrics still see the 500."""
     app.add_exception_handler(errors.FaceRecError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(InternalErrorMiddleware)

@@ -30,8 +30,12 @@ def parse_timestamp(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def connect(path: Path, *, foreign_keys: bool = False) -> sqlite3.Connection:
+def connect(
+    path: Path, *, foreign_keys: bool = False, page_size: int | None = None
+) -> sqlite3.Connection:
     """Open ``path`` in autocommit mode (transactions are explicit), WAL, fsync on commit.
+
+    ``page_size`` applies to a new database only (SQLite keeps an existing file's).
 
     The file (created owner-only if new) and its WAL side files are restricted to
     the owner. Raises ``GalleryUnavailable`` when the file is not a usable database
@@ -41,6 +45,9 @@ def connect(path: Path, *, foreign_keys: bool = False) -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     connection.row_factory = sqlite3.Row
     try:
+        if page_size is not None:
+            # Before WAL: the first write fixes a new file's page size for good.
+            connection.execute(f"PRAGMA page_size={int(page_size)}")
         journal_mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if journal_mode != "wal":
             raise GalleryUnavailable(

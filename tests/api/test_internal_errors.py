@@ -120,7 +120,7 @@ def test_an_unexpected_error_in_a_stream_closes_it_with_1011_without_the_details
         answers, closed = stream_until_closed(socket, frame)
 
     assert closed.code == 1011
-    assert closed.reason == "internal error"
+    assert closed.reason == "internal_error"
     assert answers >= 1  # frames were answered until the recognition failed
     logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert any(r.exc_info and SECRET in str(r.exc_info[1]) for r in logged)

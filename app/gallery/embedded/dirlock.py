@@ -33,6 +33,8 @@ class DirectoryLock:
                 f"The gallery in {directory} is already open (held by pid {holder}). "
                 "Run a single worker per data directory, or point FACEREC_DATA_DIR elsewhere",
                 path=str(directory),
+                holder_pid=holder,
+                locked=True,
             ) from None
         except BaseException:
             os.close(fd)

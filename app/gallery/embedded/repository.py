@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,6 +17,15 @@ from app.gallery.embedded.records import (
     subject_summary_from_row,
 )
 from app.storage.sqlite import format_timestamp
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeMarks:
+    """How far the database's changes go: the highest face row id ever used, and the
+    newest entry of the deleted-faces log (both only grow, AUTOINCREMENT)."""
+
+    last_row_id: int
+    last_deletion_seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +102,63 @@ def insert_face(
     faiss_id = cursor.lastrowid
     assert faiss_id is not None  # an INSERT into a rowid table always sets it
     return faiss_id, record
+
+
+def insert_faces_bulk(
+    connection: sqlite3.Connection,
+    collection: str,
+    faces: Sequence[tuple[str, NewFace]],
+    *,
+    model_id: str,
+    now: datetime,
+) -> tuple[list[int], list[int], list[str]]:
+    """Insert the faces not already there (same subject and image_sha256), subjects too.
+
+    Returns the new faces' row ids (ascending), their positions in ``faces`` and their
+    face ids. The caller holds the write transaction, so the rows above the previous
+    high-water mark are exactly the ones inserted here.
+    """
+    timestamp = format_timestamp(now)
+    subjects = list(dict.fromkeys(subject for subject, _ in faces))
+    connection.executemany(
+        "INSERT INTO subjects (collection, name, created_at, updated_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (collection, name) DO NOTHING",
+        [(collection, subject, timestamp, timestamp) for subject in subjects],
+    )
+    before = change_marks(connection).last_row_id
+    face_ids = [uuid.uuid4().hex for _ in faces]
+    connection.executemany(
+        "INSERT INTO faces (face_id, collection, subject, image_sha256, x1, y1, x2, y2, "
+        "det_score, model_id, created_at, embedding, aligned_png) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (collection, subject, image_sha256) DO NOTHING",
+        (
+            (
+                face_id,
+                collection,
+                subject,
+                face.image_sha256,
+                *(float(value) for value in face.bbox),
+                float(face.det_score),
+                model_id,
+                timestamp,
+                encode_embedding(face.embedding),
+                face.aligned_png,
+            )
+            for face_id, (subject, face) in zip(face_ids, faces, strict=True)
+        ),
+    )
+    rows = connection.execute(
+        "SELECT id, face_id, subject FROM faces WHERE id > ? ORDER BY id", (before,)
+    ).fetchall()
+    position_of = {face_id: position for position, face_id in enumerate(face_ids)}
+    positions = [position_of[row["face_id"]] for row in rows]
+    touched = list(dict.fromkeys(row["subject"] for row in rows))
+    connection.executemany(
+        "UPDATE subjects SET updated_at = ? WHERE collection = ? AND name = ?",
+        [(timestamp, collection, subject) for subject in touched],
+    )
+    return [row["id"] for row in rows], positions, [row["face_id"] for row in rows]
 
 
 def delete_subject(connection: sqlite3.Connection, collection: str, subject: str) -> None:
@@ -231,6 +297,86 @@ def embedding_batches(
             embeddings=decode_embeddings([row["embedding"] for row in rows], dim),
         )
         after_id = rows[-1]["id"]
+
+
+def count_faces(connection: sqlite3.Connection) -> dict[str, int]:
+    """Faces per collection (an index-only scan)."""
+    rows = connection.execute("SELECT collection, COUNT(*) FROM faces GROUP BY collection")
+    return {row[0]: int(row[1]) for row in rows}
+
+
+def faces_after(
+    connection: sqlite3.Connection, last_row_id: int, *, dim: int, batch_size: int
+) -> Iterator[tuple[list[str], EmbeddingRows]]:
+    """Faces of every collection with row ids above ``last_row_id``, in id order, with
+    each row's collection."""
+    while True:
+        rows = connection.execute(
+            "SELECT id, collection, subject, face_id, embedding FROM faces "
+            "WHERE id > ? ORDER BY id LIMIT ?",
+            (last_row_id, batch_size),
+        ).fetchall()
+        if not rows:
+            return
+        yield (
+            [row["collection"] for row in rows],
+            EmbeddingRows(
+                ids=[row["id"] for row in rows],
+                subjects=[row["subject"] for row in rows],
+                face_ids=[row["face_id"] for row in rows],
+                embeddings=decode_embeddings([row["embedding"] for row in rows], dim),
+            ),
+        )
+        last_row_id = rows[-1]["id"]
+
+
+# --- index snapshots ------------------------------------------------------------------
+
+
+def change_marks(connection: sqlite3.Connection) -> ChangeMarks:
+    rows = dict(
+        connection.execute(
+            "SELECT name, seq FROM sqlite_sequence WHERE name IN ('faces', 'deleted_faces')"
+        ).fetchall()
+    )
+    return ChangeMarks(
+        last_row_id=int(rows.get("faces", 0)), last_deletion_seq=int(rows.get("deleted_faces", 0))
+    )
+
+
+def deletions_after(connection: sqlite3.Connection, seq: int) -> list[tuple[str, int]]:
+    """``(collection, face row id)`` of every face deleted after log entry ``seq``."""
+    rows = connection.execute(
+        "SELECT collection, face_row_id FROM deleted_faces WHERE seq > ? ORDER BY seq", (seq,)
+    )
+    return [(row[0], int(row[1])) for row in rows]
+
+
+def record_snapshot(
+    connection: sqlite3.Connection, token: str, marks: ChangeMarks, now: datetime
+) -> None:
+    connection.execute(
+        "INSERT INTO index_snapshots (token, last_row_id, last_deletion_seq, created_at) "
+        "VALUES (?, ?, ?, ?)",
+        (token, marks.last_row_id, marks.last_deletion_seq, format_timestamp(now)),
+    )
+
+
+def snapshot_is_recorded(connection: sqlite3.Connection, token: str, marks: ChangeMarks) -> bool:
+    row = connection.execute(
+        "SELECT 1 FROM index_snapshots WHERE token = ? AND last_row_id = ? "
+        "AND last_deletion_seq = ?",
+        (token, marks.last_row_id, marks.last_deletion_seq),
+    ).fetchone()
+    return row is not None
+
+
+def retire_snapshots(
+    connection: sqlite3.Connection, *, keep: str | None, deletions_through: int
+) -> None:
+    """Forget every snapshot but ``keep``, and the deletions it already reflects."""
+    connection.execute("DELETE FROM index_snapshots WHERE token IS NOT ?", (keep,))
+    connection.execute("DELETE FROM deleted_faces WHERE seq <= ?", (deletions_through,))
 
 
 def aligned_crops_page(

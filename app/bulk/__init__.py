@@ -1,0 +1,1 @@
+"""Bulk gallery paths: export and import embeddings (npz), import folders of photos."""
