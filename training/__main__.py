@@ -183,6 +183,17 @@ def evaluate_embeddings(
     return result, summary
 
 
+def source_label(config: FinetuneConfig, training: dict[str, Any]) -> str:
+    """Where the faces came from, for the manifest's calibration sentence."""
+    data = training.get("data")
+    if isinstance(data, dict) and data.get("source") == "gallery":
+        return (
+            f"collection {data['collection']!r} of the gallery {data['gallery']} "
+            "(its stored aligned crops, outliers left out)"
+        )
+    return str(config.data.data_dir)
+
+
 def export_recognizer(
     module: torch.nn.Module,
     embedding_dim: int,
@@ -212,7 +223,7 @@ def export_recognizer(
         config.export.calibration_far,
         described_as=(
             f"the {len(val)} faces of the {len(set(val.identities))} validation identities "
-            f"(held out from training) of {config.data.data_dir}, detector "
+            f"(held out from training) of {source_label(config, training)}, detector "
             f"{config.data.detector}, largest face"
             + (", flip-sum embeddings" if config.export.flip else "")
         ),

@@ -15,7 +15,8 @@ from app.inference.catalog import resolve_manifest
 from app.inference.manifest import ModelManifest, resolve_model_file
 from training.config import ConfigError
 
-# What training.backbone / faces_to_tensor feed the network: 112x112 RGB, (x - 127.5) / 127.5.
+# What training.tensors feeds the network (112x112 RGB, (x - 127.5) / 127.5); kept here
+# as plain numbers so resolving a manifest needs no PyTorch.
 TRAINED_INPUT = (112, 112)
 TRAINED_MEAN = (127.5, 127.5, 127.5)
 TRAINED_STD = (127.5, 127.5, 127.5)

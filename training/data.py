@@ -36,6 +36,7 @@ from app.inference.scrfd import ScrfdDetector
 from app.inference.session import RuntimeOptions
 from training.config import AugmentConfig
 from training.faces import FaceSet
+from training.tensors import faces_to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +47,6 @@ CROP_FORMAT_VERSION = 1
 # Training inputs are trusted local files; the limits only have to admit them.
 _MAX_BYTES = 256 << 20
 _MAX_PIXELS = 200_000_000
-# The recognizers' input normalisation, (x - 127.5) / 127.5 on RGB.
-PIXEL_MEAN = 127.5
-PIXEL_STD = 127.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,12 +240,6 @@ def load_faces(
 
 
 # --- augmentation and tensors ---------------------------------------------------------------
-
-
-def faces_to_tensor(faces: NDArray[np.uint8]) -> torch.Tensor:
-    """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float32, (x - 127.5) / 127.5."""
-    tensor = torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2).float()
-    return (tensor - PIXEL_MEAN) / PIXEL_STD
 
 
 def _blend(

@@ -49,11 +49,12 @@ from tqdm import tqdm
 from app.core.types import FloatArray
 from app.inference.arcface import l2_normalize
 from training.config import AugmentConfig, FinetuneConfig, OptimConfig
-from training.data import FaceDataset, augment_face, faces_to_tensor
+from training.data import FaceDataset, augment_face
 from training.evaluate import embed_faces
 from training.evaluation import ProtocolResult, headline_metric, validation_protocol
 from training.faces import FaceSet
 from training.heads import MarginHead, build_head
+from training.tensors import faces_to_tensor, sum_views, views
 
 logger = logging.getLogger(__name__)
 
@@ -188,9 +189,7 @@ class TorchEmbedder:
         self.module.eval()
         try:
             batch = faces_to_tensor(aligned_faces).to(self.device)
-            embeddings = _run_module(self.module, batch)
-            if self.flip:
-                embeddings = embeddings + _run_module(self.module, torch.flip(batch, dims=[3]))
+            embeddings = sum_views([_run_module(self.module, v) for v in views(batch, self.flip)])
         finally:
             self.module.train(was_training)
         return l2_normalize(embeddings.cpu().numpy().astype(np.float32))
@@ -669,9 +668,7 @@ class Trainer:
             range(0, crops.shape[0], chunk), desc=desc, unit="chunk", disable=not self.progress
         ):
             faces = crops[start : start + chunk]
-            inputs = [faces_to_tensor(faces).to(self.device)]
-            if flip:
-                inputs.append(torch.flip(inputs[0], dims=[3]))
+            inputs = views(faces_to_tensor(faces).to(self.device), flip)
             if self.split is not None:
                 self.split.prefix.eval()
                 inputs = [_run_module(self.split.prefix, batch) for batch in inputs]
@@ -680,7 +677,7 @@ class Trainer:
                 module.eval()
                 outputs = [_run_module(module, batch) for batch in inputs]
                 module.train(was_training)
-                total = outputs[0] if len(outputs) == 1 else outputs[0] + outputs[1]
+                total = sum_views(outputs)
                 parts.append(total.cpu().numpy().astype(np.float32))
         return l2_normalize(np.concatenate(base_parts)), l2_normalize(np.concatenate(tuned_parts))
 

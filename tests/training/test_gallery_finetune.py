@@ -5,9 +5,14 @@ for a few steps, then judged by the promotion gate through the service's engines
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from contextlib import closing
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -16,12 +21,15 @@ from tests.dependencies import require
 
 torch = require("torch", "the [train] extra")
 
+from app.core.types import NewFace  # noqa: E402
+from app.gallery import open_gallery  # noqa: E402
 from app.inference.catalog import resolve_manifest  # noqa: E402
 from app.inference.manifest import ModelManifest, load_manifest  # noqa: E402
 from app.main import create_app  # noqa: E402
 from training.__main__ import main  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.from_gallery import read_collection, split_gallery  # noqa: E402
+from training.gallery_data import face_set, photo_poses  # noqa: E402
 
 BASE = "w600k_mbf_int8"
 COLLECTION = "staff"
@@ -286,3 +294,87 @@ def test_promotion_gate_refuses_a_split_the_candidate_was_not_trained_with(
     )
     assert code == 2
     assert not (tmp_path / "out" / "report.txt").exists()
+
+
+def test_faces_imported_with_import_photos_are_read_with_their_poses(
+    photos: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    """``facerec gallery import-photos`` takes DIR/<subject>/<photo> (one level): the CFP
+    layout is flattened for it, and ``--photos`` gives the poses back by image sha256."""
+    flat = tmp_path / "flat"
+    for identity in IDENTITIES[:4]:
+        (flat / identity).mkdir(parents=True)
+        for path in sorted((photos / identity).rglob("*.jpg")):
+            shutil.copy(path, flat / identity / f"{path.parent.name}_{path.name}")
+    data_dir = tmp_path / "gallery"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
+    environment.update(FACEREC_DATA_DIR=str(data_dir), FACEREC_MODELS_DIR=str(models_dir))
+    command = ["gallery", "import-photos", "--collection", COLLECTION, "--face-policy", "largest"]
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", *command, str(flat)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    manifest = resolve_manifest(BASE)[0]
+    assert manifest.embedding_dim is not None
+    faces = read_collection(
+        str(data_dir), COLLECTION, model_id=manifest.model_id, dim=manifest.embedding_dim
+    )
+    assert sorted(set(faces.subjects)) == IDENTITIES[:4]  # all enrolled
+    assert len(faces) == 4 * 5
+    assert faces.without_crop == 0
+    labelled = face_set(faces, list(range(len(faces))), photo_poses(photos))
+    assert sorted(labelled.poses()) == ["frontal"] * 12 + ["profile"] * 8
+
+
+def test_a_postgres_gallery_gives_the_same_vetted_faces_as_the_embedded_one(
+    gallery: tuple[Path, str], postgres_url: str
+) -> None:
+    """The same enrolled faces (crops and embeddings copied through the Gallery protocol)
+    in the PostgreSQL backend: read, vetted and split alike, the intruder flagged."""
+    data_dir, intruder_face = gallery
+    manifest = resolve_manifest(BASE)[0]
+    assert manifest.embedding_dim is not None
+    model = {"model_id": manifest.model_id, "dim": manifest.embedding_dim}
+    embedded = read_collection(str(data_dir), COLLECTION, **model)
+    with closing(open_gallery(data_dir=data_dir, **model)) as source:
+        stored = {
+            face_id: embedding
+            for batch in source.export_embeddings(COLLECTION, batch_size=100)
+            for face_id, embedding in zip(batch.face_ids, batch.embeddings, strict=True)
+        }
+        copies = [
+            (
+                record.subject,
+                NewFace(
+                    image_sha256=record.image_sha256,
+                    bbox=record.bbox,
+                    det_score=record.det_score,
+                    embedding=stored[record.face_id],
+                    aligned_png=png,
+                ),
+            )
+            for record, png in source.aligned_crops(COLLECTION)
+        ]
+    with closing(open_gallery(data_dir=data_dir, database_url=postgres_url, **model)) as target:
+        assert target.add_faces_bulk(COLLECTION, copies).added == len(copies)
+    shared = read_collection(postgres_url, COLLECTION, **model)
+    assert len(shared) == len(embedded)
+    order = {sha: row for row, sha in enumerate(shared.image_sha256)}
+    rows = [order[sha] for sha in embedded.image_sha256]
+    assert [shared.subjects[r] for r in rows] == list(embedded.subjects)
+    np.testing.assert_array_equal(shared.crops[rows], embedded.crops)
+    np.testing.assert_allclose(shared.embeddings[rows], embedded.embeddings, atol=1e-6)
+    config = load_config(
+        None,
+        {"gallery.collection": COLLECTION, "gallery.held_out": 3, "data.val_identities": 2},
+    )
+    intruder_sha = embedded.image_sha256[embedded.face_ids.index(intruder_face)]
+    split = split_gallery(shared, config, postgres_url)
+    flagged = {shared.image_sha256[shared.face_ids.index(o["face_id"])] for o in split.outliers}
+    assert intruder_sha in flagged
+    assert split.document["source"] == postgres_url  # no password in it to drop
