@@ -715,6 +715,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--degrade", action="store_true", help="also evaluate camera-like degraded faces"
     )
     evaluate.add_argument(
+        "--gallery-model",
+        help="the recognizer the gallery was built with (default: the first --recognizer)",
+    )
+    evaluate.add_argument(
         "--gate",
         action="store_true",
         help="promotion gate: --recognizer SERVING --recognizer CANDIDATE; the decision goes "

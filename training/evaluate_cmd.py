@@ -41,8 +41,8 @@ DEGRADED = "degraded"
 def gallery_held_out(
     args: argparse.Namespace, config: FinetuneConfig
 ) -> tuple[FaceSet, dict[str, Any]]:
-    """The held-out faces of ``--split`` in ``--gallery`` (opened for the first recognizer,
-    the one whose embeddings the gallery holds)."""
+    """The held-out faces of ``--split`` in ``--gallery``, opened for the recognizer whose
+    embeddings it holds (``--gallery-model``, default the first ``--recognizer``)."""
     from training.from_gallery import held_out_faces, read_collection, redact
 
     if args.split is None:
@@ -50,7 +50,7 @@ def gallery_held_out(
     document = json.loads(args.split.read_text(encoding="utf-8"))
     if "held_out_faces" not in document:
         raise ConfigError(f"{args.split} names no held-out faces: not a gallery run's split")
-    manifest, _ = resolve_manifest(args.recognizer[0], None)
+    manifest, _ = resolve_manifest(args.gallery_model or args.recognizer[0], None)
     assert manifest.embedding_dim is not None
     collection = document.get("collection") or config.gallery.collection
     faces = read_collection(
