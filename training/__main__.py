@@ -36,17 +36,17 @@ from app.core.types import FloatArray, NewFace
 from app.errors import FaceRecError
 from app.gallery import open_gallery
 from app.inference.loader import build_embedder, load_model
+from app.inference.manifest import file_sha256
 from app.inference.session import RuntimeOptions
+from training.base_model import BaseModel, resolve_base
 from training.config import ConfigError, FinetuneConfig, dump_config, load_config
 from training.data import (
     FaceCropper,
-    FaceSet,
     build_cropper,
     cache_file,
     limit_per_identity,
     load_faces,
     scan_identities,
-    split_identities,
 )
 from training.engine import (
     BEST_CHECKPOINT,
@@ -58,7 +58,7 @@ from training.engine import (
     available_cores,
     resolve_device,
 )
-from training.evaluate import embed_faces, plot_roc
+from training.evaluate import embed_faces
 from training.evaluation import (
     LfwPair,
     ProtocolResult,
@@ -68,6 +68,8 @@ from training.evaluation import (
     read_lfw_pairs,
     validation_protocol,
 )
+from training.faces import FaceSet, split_identities
+from training.report import format_table, plot_protocols, write_json
 
 logger = logging.getLogger("training")
 
@@ -181,60 +183,15 @@ def evaluate_embeddings(
     return result, summary
 
 
-HEADLINE_ROWS = (
-    ("frontal-profile TAR@FAR=1e-3", ("verification", "frontal_profile", "tar_at_far", "1e-3")),
-    ("frontal-profile TAR@FAR=1e-2", ("verification", "frontal_profile", "tar_at_far", "1e-2")),
-    ("frontal-profile TAR@FAR=1e-4", ("verification", "frontal_profile", "tar_at_far", "1e-4")),
-    ("frontal-frontal TAR@FAR=1e-3", ("verification", "frontal_frontal", "tar_at_far", "1e-3")),
-    ("all-pairs TAR@FAR=1e-3", ("verification", "all_pairs", "tar_at_far", "1e-3")),
-    ("profile->frontal rank-1", ("rank1", "profile_to_frontal")),
-    ("leave-one-out rank-1", ("rank1", "leave_one_out")),
-    ("LFW 10-fold accuracy", ("lfw", "accuracy")),
-)
-
-
-def _lookup(summary: dict[str, Any], path: Sequence[str]) -> float | None:
-    node: Any = summary
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return float(node)
-
-
-def format_table(summaries: dict[str, dict[str, Any]]) -> str:
-    """Headline figures side by side (percent), with the change against the first column."""
-    names = list(summaries)
-    header = f"{'metric':<30}" + "".join(f"{n:>16}" for n in names)
-    if len(names) > 1:
-        header += f"{'change':>10}"
-    lines = [header, "-" * len(header)]
-    for label, path in HEADLINE_ROWS:
-        values = [_lookup(summaries[n], path) for n in names]
-        if all(v is None for v in values):
-            continue
-        cells = "".join(f"{'' if v is None else f'{100 * v:.2f}':>16}" for v in values)
-        if len(names) > 1 and values[0] is not None and values[-1] is not None:
-            cells += f"{100 * (values[-1] - values[0]):>+10.2f}"
-        lines.append(f"{label:<30}{cells}")
-    return "\n".join(lines)
-
-
-def plot_protocols(results: dict[str, ProtocolResult], out_dir: Path) -> list[Path]:
-    """One ROC PNG per verification protocol, a curve per model."""
-    protocols = next(iter(results.values())).verification
-    return [
-        plot_roc(
-            {model: result.verification[name].curve for model, result in results.items()},
-            out_dir / f"roc_{name}.png",
-            f"ROC, {name.replace('_', '-')} pairs, validation identities",
+def source_label(config: FinetuneConfig, training: dict[str, Any]) -> str:
+    """Where the faces came from, for the manifest's calibration sentence."""
+    data = training.get("data")
+    if isinstance(data, dict) and data.get("source") == "gallery":
+        return (
+            f"collection {data['collection']!r} of the gallery {data['gallery']} "
+            "(its stored aligned crops, outliers left out)"
         )
-        for name in protocols
-    ]
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    return str(config.data.data_dir)
 
 
 def export_recognizer(
@@ -266,7 +223,7 @@ def export_recognizer(
         config.export.calibration_far,
         described_as=(
             f"the {len(val)} faces of the {len(set(val.identities))} validation identities "
-            f"(held out from training) of {config.data.data_dir}, detector "
+            f"(held out from training) of {source_label(config, training)}, detector "
             f"{config.data.detector}, largest face"
             + (", flip-sum embeddings" if config.export.flip else "")
         ),
@@ -290,7 +247,9 @@ def export_recognizer(
 
 def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     overrides = {
-        "data.data_dir": args.data,
+        "data.data_dir": getattr(args, "data", None),
+        "gallery.collection": getattr(args, "collection", None),
+        "gallery.photos_dir": getattr(args, "photos", None),
         "data.models_dir": args.models_dir,
         "data.detector": args.detector,
         "data.cache_dir": args.cache_dir,
@@ -368,6 +327,24 @@ def compare_base_and_tuned(
     return results, {"base": base_summary, "fine-tuned": tuned_summary}, tuned_val
 
 
+def prepare_gallery_split(
+    config: FinetuneConfig, base: BaseModel, source: str, out_dir: Path, distributed: Distributed
+) -> tuple[FaceCropper, FaceSet, FaceSet, dict[str, Any], dict[str, Any]]:
+    """The gallery's vetted faces split three ways; split.json and outliers.json written."""
+    from training.from_gallery import OUTLIERS_FILE, read_collection, split_gallery
+
+    if distributed.enabled:
+        raise ConfigError("finetune --gallery runs in one process (no torchrun)")
+    cropper = build_cropper(config.data.detector, resolve_models_dir(config.data.models_dir))
+    faces = read_collection(source, config.gallery.collection, model_id=base.model_id, dim=base.dim)
+    split = split_gallery(faces, config, source)
+    (out_dir / CONFIG_FILE).write_text(dump_config(config) + "\n", encoding="utf-8")
+    write_json(out_dir / SPLIT_FILE, split.document)
+    write_json(out_dir / OUTLIERS_FILE, {"outliers": split.outliers})
+    summary = {**split.summary, "split_sha256": file_sha256(out_dir / SPLIT_FILE)}
+    return cropper, split.train, split.selection, split.document, summary
+
+
 def run_finetune(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     config = config_from_args(args)
@@ -375,12 +352,19 @@ def run_finetune(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     distributed = Distributed.from_env()
     progress = not args.no_progress and distributed.is_main
-    cropper, train, val, split_document = prepare_split(config, out_dir, distributed, progress)
+    base = resolve_base(args.base, resolve_models_dir(config.data.models_dir))
+    data_summary: dict[str, Any] = {"source": "folders", "data": str(config.data.data_dir)}
+    if args.gallery is not None:
+        cropper, train, val, split_document, data_summary = prepare_gallery_split(
+            config, base, args.gallery, out_dir, distributed
+        )
+    else:
+        cropper, train, val, split_document = prepare_split(config, out_dir, distributed, progress)
     timings = {"data_s": time.perf_counter() - started}
 
     from training.backbone import load_backbone
 
-    backbone = load_backbone(args.base)
+    backbone = load_backbone(base.onnx_path)
     trainer = Trainer(
         config, backbone, train, val, out_dir, distributed=distributed, progress=progress
     )
@@ -420,6 +404,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         base_model=backbone.source_ref,
         training={
             "base_sha256": backbone.source_sha256,
+            "base_manifest": base.model_id,
+            "data": {**data_summary, "split_sha256": file_sha256(out_dir / SPLIT_FILE)},
             "train_identities": len(split_document["train"]),
             "train_faces": len(train),
             "val_identities": len(split_document["val"]),
@@ -458,51 +444,27 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from training import evaluate_cmd
+
     config = config_from_args(args)
     models_dir = resolve_models_dir(config.data.models_dir)
-    out_dir: Path = args.out
-    out_dir.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
     cropper = build_cropper(config.data.detector, models_dir)
-    assert config.data.data_dir is not None
-    faces = load_identity_faces(
-        config.data.data_dir, config, cropper, report_dir=None, progress=progress
-    )
-    if args.split is not None:
-        faces = faces.of_identities(json.loads(args.split.read_text(encoding="utf-8"))["val"])
-    lfw = load_lfw(config.data.lfw_dir, config, cropper, progress) if config.data.lfw_dir else None
-    options = RuntimeOptions(intra_op_threads=available_cores())
-    results: dict[str, ProtocolResult] = {}
-    summaries: dict[str, dict[str, Any]] = {}
-    for ref in args.recognizer:
-        model = load_model(
-            ref, "recognizer", models_dir=models_dir, catalog_dir=None, options=options
+
+    def folder_faces() -> FaceSet:
+        assert config.data.data_dir is not None
+        faces = load_identity_faces(
+            config.data.data_dir, config, cropper, report_dir=None, progress=progress
         )
-        embedder = build_embedder(model)
-        name = model.manifest.name
-        embeddings = embed_faces(embedder, faces.crops, desc=name, progress=progress)
-        lfw_part = None
-        if lfw is not None:
-            lfw_embeddings = embed_faces(
-                embedder, lfw[1].crops, desc=f"{name} LFW", progress=progress
-            )
-            lfw_part = (lfw[0], lfw[1], lfw_embeddings)
-        results[name], summaries[name] = evaluate_embeddings(embeddings, faces, lfw_part)
-        summaries[name]["model_id"] = model.manifest.model_id
-    plots = plot_protocols(results, out_dir)
-    write_json(
-        out_dir / METRICS_FILE,
-        {
-            "models": summaries,
-            "plots": [str(p) for p in plots],
-            "faces": len(faces),
-            "command": sys.argv,
-        },
+        if args.split is not None:
+            split = json.loads(args.split.read_text(encoding="utf-8"))
+            faces = faces.of_identities(split.get("held_out") or split["val"])
+        return faces
+
+    lfw = load_lfw(config.data.lfw_dir, config, cropper, progress) if config.data.lfw_dir else None
+    return evaluate_cmd.run_evaluate(
+        args, config, models_dir, folder_faces, lfw, threads=available_cores()
     )
-    table = format_table(summaries)
-    (out_dir / REPORT_FILE).write_text(table + "\n", encoding="utf-8")
-    print(table)
-    return 0
 
 
 # --- export -------------------------------------------------------------------------------
@@ -525,7 +487,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     from training.backbone import load_backbone
 
-    backbone = load_backbone(args.base)
+    backbone = load_backbone(resolve_base(args.base, models_dir).onnx_path)
     payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
     backbone.module.load_state_dict(payload["backbone"])
     embedder = TorchEmbedder(
@@ -689,6 +651,18 @@ def _data_options(parser: argparse.ArgumentParser, *, data_required: bool = True
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _gallery_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gallery",
+        metavar="DATA_DIR_OR_DATABASE_URL",
+        help="train on a service gallery's enrolled faces instead of --data folders",
+    )
+    parser.add_argument("--collection", help="the gallery collection (default: default)")
+    parser.add_argument(
+        "--photos", type=Path, help="the enrolled photos (CFP layout): pose labels by sha256"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
@@ -698,9 +672,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     finetune = commands.add_parser("finetune", help="fine-tune a recognizer, export it")
-    finetune.add_argument("--base", type=Path, required=True, help="pretrained recognizer .onnx")
+    finetune.add_argument(
+        "--base", required=True, help="the pretrained recognizer's manifest (name or path)"
+    )
     finetune.add_argument("--out", type=Path, required=True, help="output folder")
-    _data_options(finetune)
+    _data_options(finetune, data_required=False)
+    _gallery_options(finetune)
     finetune.add_argument("--val-identities", type=float, help="count (>=1) or fraction")
     finetune.add_argument("--epochs", type=int)
     finetune.add_argument("--freeze", help="head | last:K | all")
@@ -726,13 +703,37 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="catalog name or manifest path (repeatable)",
     )
-    evaluate.add_argument("--split", type=Path, help="split.json: evaluate its val identities")
+    evaluate.add_argument(
+        "--split",
+        type=Path,
+        help="split.json: evaluate its held-out identities (its val ones when it has none)",
+    )
     evaluate.add_argument("--out", type=Path, required=True)
-    _data_options(evaluate)
+    _data_options(evaluate, data_required=False)
+    _gallery_options(evaluate)
+    evaluate.add_argument(
+        "--degrade", action="store_true", help="also evaluate camera-like degraded faces"
+    )
+    evaluate.add_argument(
+        "--gallery-model",
+        help="the recognizer the gallery was built with (default: the first --recognizer)",
+    )
+    evaluate.add_argument(
+        "--gate",
+        action="store_true",
+        help="promotion gate: --recognizer SERVING --recognizer CANDIDATE; the decision goes "
+        "into the candidate's manifest",
+    )
+    evaluate.add_argument(
+        "--margin", type=float, default=0.005, help="gate: TAR@1e-3 gain needed (0.005 = 0.5 pt)"
+    )
+    evaluate.add_argument(
+        "--lfw-tolerance", type=float, default=0.002, help="gate: LFW loss allowed (0.2 pt)"
+    )
     evaluate.set_defaults(handler=run_evaluate)
 
     export = commands.add_parser("export", help="export a checkpoint as ONNX + manifest")
-    export.add_argument("--base", type=Path, required=True, help="the run's base .onnx")
+    export.add_argument("--base", required=True, help="the run's base recognizer manifest")
     export.add_argument(
         "--checkpoint",
         type=Path,
@@ -756,7 +757,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in {"finetune", "evaluate"} and (args.data is None) == (
+        getattr(args, "gallery", None) is None
+    ):
+        parser.error(f"{args.command}: pass exactly one of --data and --gallery")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         code: int = args.handler(args)

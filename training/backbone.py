@@ -38,17 +38,13 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional alias)
-from numpy.typing import NDArray
 from onnx import helper, numpy_helper
 from torch import fx, nn
 
 from app.inference.manifest import file_sha256
 from app.inference.onnx_import import dequantize_weights
+from training.tensors import INPUT_SHAPE
 
-# The module's input contract: aligned 112x112 RGB crops, (pixel - 127.5) / 127.5, NCHW.
-PIXEL_MEAN = 127.5
-PIXEL_STD = 127.5
-INPUT_SHAPE = (3, 112, 112)
 _INTEGER_OPS = frozenset({"ConvInteger", "MatMulInteger"})
 _WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)
 
@@ -60,17 +56,11 @@ class OnnxImportError(ValueError):
     """The ONNX file cannot be rebuilt as a PyTorch module; the message says why."""
 
 
-def normalize_faces(faces: NDArray[np.uint8]) -> torch.Tensor:
-    """(N, 112, 112, 3) uint8 RGB aligned crops -> (N, 3, 112, 112) float32 module input."""
-    pixels = torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2).float()
-    return (pixels - PIXEL_MEAN) / PIXEL_STD
-
-
 @dataclass(frozen=True)
 class ImportedBackbone:
     """A recognizer network rebuilt from an ONNX file.
 
-    ``module`` maps (N, 3, 112, 112) normalised input (see ``normalize_faces``) to
+    ``module`` maps (N, 3, 112, 112) normalised input (see ``training.tensors``) to
     (N, embedding_dim) embeddings, not L2-normalised. It is returned in eval mode.
     """
 

@@ -118,6 +118,9 @@ class TrainConfig(_Section):
     # the frozen layers run once per view instead of once per step.
     cache_features: bool = True
     feature_views: int = Field(4, ge=1, description="cached views: crop, mirror, augmented...")
+    feature_dtype: Literal["float32", "float16"] = Field(
+        "float16", description="cached prefix outputs: float16 halves the memory"
+    )
     max_images_per_identity: int | None = Field(None, ge=1, description="subsample (tests)")
 
 
@@ -130,8 +133,29 @@ class ExportConfig(_Section):
     parity_min_cosine: float = Field(0.999, gt=0, le=1)
 
 
+class GalleryConfig(_Section):
+    """Training data from a service gallery (``finetune --gallery``); see
+    ``training.gallery_data``. The gallery's location is a command-line argument only
+    (a database URL may carry a password: it is never written to a run's files)."""
+
+    collection: str = Field("default", min_length=1)
+    min_faces: int = Field(4, ge=2, description="subjects with fewer vetted faces are left out")
+    max_faces: int | None = Field(50, ge=2, description="faces per subject at most (sampled)")
+    outlier_far: float = Field(
+        1e-3, gt=0, lt=1, description="a face scoring below strangers at this FAR is left out"
+    )
+    # Subjects for the promotion gate (never trained on, never used to pick the epoch):
+    # a count (>= 1) or a fraction of all subjects. data.val_identities then takes the
+    # selection subjects from those left.
+    held_out: float = Field(0.25, gt=0)
+    photos_dir: Path | None = Field(
+        None, description="the enrolled photos (CFP layout), to label poses by image sha256"
+    )
+
+
 class FinetuneConfig(_Section):
     data: DataConfig = DataConfig()
+    gallery: GalleryConfig = GalleryConfig()
     augment: AugmentConfig = AugmentConfig()
     head: HeadConfig = HeadConfig()
     optim: OptimConfig = OptimConfig()

@@ -36,6 +36,8 @@ from app.inference.loader import build_detector, load_model
 from app.inference.scrfd import ScrfdDetector
 from app.inference.session import RuntimeOptions
 from training.config import AugmentConfig
+from training.faces import FaceSet
+from training.tensors import faces_to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +48,6 @@ CROP_FORMAT_VERSION = 1
 # Training inputs are trusted local files; the limits only have to admit them.
 _MAX_BYTES = 256 << 20
 _MAX_PIXELS = 200_000_000
-# The recognizers' input normalisation, (x - 127.5) / 127.5 on RGB.
-PIXEL_MEAN = 127.5
-PIXEL_STD = 127.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,45 +55,6 @@ class ImageRecord:
     path: Path
     relpath: str  # POSIX path below the data folder, e.g. "001/frontal/01.jpg"
     identity: str  # the first path component
-
-
-@dataclass(frozen=True, slots=True)
-class FaceSet:
-    """Aligned faces with who they are and where they came from (rows aligned)."""
-
-    crops: NDArray[np.uint8]  # (N, 112, 112, 3) RGB
-    identities: tuple[str, ...]
-    relpaths: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.identities)
-
-    def subset(self, indices: Sequence[int] | NDArray[np.int64]) -> FaceSet:
-        rows = np.asarray(indices, dtype=np.int64)
-        return FaceSet(
-            crops=self.crops[rows],
-            identities=tuple(self.identities[i] for i in rows),
-            relpaths=tuple(self.relpaths[i] for i in rows),
-        )
-
-    def of_identities(self, identities: Sequence[str]) -> FaceSet:
-        wanted = set(identities)
-        return self.subset([i for i, name in enumerate(self.identities) if name in wanted])
-
-    def labels(self) -> tuple[NDArray[np.int64], list[str]]:
-        """Class index per face and the class names (sorted identities)."""
-        classes = sorted(set(self.identities))
-        index = {name: position for position, name in enumerate(classes)}
-        return np.array([index[name] for name in self.identities], dtype=np.int64), classes
-
-    def poses(self) -> list[str | None]:
-        """``frontal``/``profile`` when a path says so (the CFP layout), else None."""
-        return [pose_of(relpath) for relpath in self.relpaths]
-
-
-def pose_of(relpath: str) -> str | None:
-    parts = relpath.split("/")[1:-1]
-    return next((part for part in parts if part in {"frontal", "profile"}), None)
 
 
 def scan_identities(root: Path) -> list[ImageRecord]:
@@ -127,27 +87,6 @@ def limit_per_identity(records: Sequence[ImageRecord], limit: int | None) -> lis
         in_turn = [queue[i] for i in range(turns) for queue in queues if i < len(queue)]
         kept.extend(sorted(in_turn[:limit], key=lambda r: r.relpath))
     return kept
-
-
-def split_identities(
-    identities: Sequence[str], val: float, seed: int
-) -> tuple[list[str], list[str]]:
-    """Identities -> (train, validation), disjoint; ``val`` is a count (>= 1) or a fraction.
-
-    A seeded permutation of the sorted names: the split depends only on the set of
-    identities, the size and the seed.
-    """
-    names = sorted(set(identities))
-    count = int(val) if val >= 1 else round(val * len(names))
-    if not 2 <= count <= len(names) - 1:
-        raise ValueError(
-            f"cannot hold out {count} of {len(names)} identities: validation needs at "
-            "least 2 and training at least 1"
-        )
-    order = np.random.default_rng(seed).permutation(len(names))
-    val_names = sorted(names[i] for i in order[:count])
-    train_names = sorted(names[i] for i in order[count:])
-    return train_names, val_names
 
 
 # --- detection and alignment (the service's code) --------------------------------------
@@ -305,12 +244,6 @@ def load_faces(
 
 
 # --- augmentation and tensors ---------------------------------------------------------------
-
-
-def faces_to_tensor(faces: NDArray[np.uint8]) -> torch.Tensor:
-    """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float32, (x - 127.5) / 127.5."""
-    tensor = torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2).float()
-    return (tensor - PIXEL_MEAN) / PIXEL_STD
 
 
 def _blend(

@@ -32,7 +32,7 @@ from app.inference.manifest import (
     file_sha256,
     load_manifest,
 )
-from training.backbone import INPUT_SHAPE, PIXEL_MEAN, PIXEL_STD, normalize_faces
+from training.tensors import INPUT_SHAPE, PIXEL_MEAN, PIXEL_STD, faces_to_tensor
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
@@ -103,7 +103,7 @@ def check_parity(
     """
     if faces.ndim != 4 or faces.shape[1:] != (*INPUT_SHAPE[1:], INPUT_SHAPE[0]):
         raise ValueError(f"faces must be (N, 112, 112, 3) uint8 RGB, got {faces.shape}")
-    inputs = normalize_faces(faces)
+    inputs = faces_to_tensor(faces)
     reference = _torch_embeddings(module, inputs)
     options = ort.SessionOptions()
     options.log_severity_level = _ORT_LOG_ERROR

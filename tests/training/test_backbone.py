@@ -27,8 +27,8 @@ from training.backbone import (  # noqa: E402
     OnnxImportError,
     convert_graph,
     load_backbone,
-    normalize_faces,
 )
+from training.tensors import faces_to_tensor as normalize_faces  # noqa: E402
 
 INT8_MODEL = "w600k_mbf_int8.onnx"
 # A few LFW photos besides the 7 shared photos: one face each, the largest.

@@ -24,13 +24,12 @@ from training.data import (  # noqa: E402
     augment_face,
     build_cropper,
     cache_file,
-    faces_to_tensor,
     limit_per_identity,
     load_faces,
-    pose_of,
     scan_identities,
-    split_identities,
 )
+from training.faces import pose_of, split_identities  # noqa: E402
+from training.tensors import faces_to_tensor  # noqa: E402
 
 NO_AUGMENT = AugmentConfig(flip=0, brightness=0, contrast=0, saturation=0, blur=0, scale=0)
 

@@ -19,12 +19,10 @@ from torch import fx, nn  # noqa: E402
 
 from training.config import FinetuneConfig, load_config  # noqa: E402
 from training.data import (  # noqa: E402  # noqa: E402
-    FaceSet,
     build_cropper,
     limit_per_identity,
     load_faces,
     scan_identities,
-    split_identities,
 )
 from training.engine import (  # noqa: E402
     LAST_CHECKPOINT,
@@ -35,6 +33,7 @@ from training.engine import (  # noqa: E402
     trainable_groups,
     warmup_cosine,
 )
+from training.faces import FaceSet, split_identities  # noqa: E402
 from training.heads import MarginHead  # noqa: E402
 
 BASE_MODEL = "w600k_mbf_int8.onnx"

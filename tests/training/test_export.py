@@ -24,7 +24,7 @@ from app.inference.loader import build_embedder, load_model  # noqa: E402
 from app.inference.manifest import file_sha256, load_manifest  # noqa: E402
 from app.inference.session import RuntimeOptions  # noqa: E402
 from tests.training.faces import aligned_faces, service_detector  # noqa: E402
-from training.backbone import ImportedBackbone, load_backbone, normalize_faces  # noqa: E402
+from training.backbone import ImportedBackbone, load_backbone  # noqa: E402
 from training.export import (  # noqa: E402
     MODEL_FILE,
     ExportCheckFailed,
@@ -32,6 +32,7 @@ from training.export import (  # noqa: E402
     export_onnx,
     write_manifest,
 )
+from training.tensors import faces_to_tensor as normalize_faces  # noqa: E402
 
 THRESHOLDS = {
     "match": 0.356,

@@ -34,6 +34,7 @@ from training.engine import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_CSV, Traine
 from training.evaluation import cfp_protocol  # noqa: E402
 
 BASE_MODEL = "w600k_mbf_int8.onnx"
+BASE_MANIFEST = "w600k_mbf_int8"  # --base takes the recognizer's manifest
 IDENTITIES = [f"{i:03d}" for i in range(11, 21)]  # 10 CFP identities
 
 
@@ -67,7 +68,7 @@ def finetune_args(
     return [
         "finetune",
         "--base",
-        str(models_dir / BASE_MODEL),
+        BASE_MANIFEST,
         "--data",
         str(data),
         "--out",
@@ -415,7 +416,7 @@ def test_export_rebuilds_a_manifest_from_a_checkpoint(
         [
             "export",
             "--base",
-            str(models_dir / BASE_MODEL),
+            BASE_MANIFEST,
             "--checkpoint",
             str(finetuned / "checkpoints" / "last.pt"),
             "--data",
@@ -520,7 +521,7 @@ def test_cli_reports_bad_input_without_a_traceback(
         [
             "finetune",
             "--base",
-            str(models_dir / BASE_MODEL),
+            BASE_MANIFEST,
             "--data",
             str(tmp_path / "none"),
             "--out",
@@ -531,6 +532,17 @@ def test_cli_reports_bad_input_without_a_traceback(
     )
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_bare_onnx_base_and_asks_for_its_manifest(
+    tmp_path: Path, models_dir: Path, small_data: Path, capsys: pytest.CaptureFixture[str]
+):
+    bare = str(models_dir / BASE_MODEL)
+    folders = ["--data", str(small_data), "--models-dir", str(models_dir)]
+    code = main(["finetune", "--base", bare, *folders, "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "pass the recognizer's manifest" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "split.json").exists()
 
 
 # --- configuration ------------------------------------------------------------------------

@@ -1,0 +1,73 @@
+"""Reports of evaluations: the headline table (percent, change against the first model),
+ROC plots per protocol, JSON files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from training.evaluate import plot_roc
+from training.evaluation import ProtocolResult
+
+HEADLINE_ROWS = (
+    ("frontal-profile TAR@FAR=1e-3", ("verification", "frontal_profile", "tar_at_far", "1e-3")),
+    ("frontal-profile TAR@FAR=1e-2", ("verification", "frontal_profile", "tar_at_far", "1e-2")),
+    ("frontal-profile TAR@FAR=1e-4", ("verification", "frontal_profile", "tar_at_far", "1e-4")),
+    ("frontal-frontal TAR@FAR=1e-3", ("verification", "frontal_frontal", "tar_at_far", "1e-3")),
+    ("all-pairs TAR@FAR=1e-3", ("verification", "all_pairs", "tar_at_far", "1e-3")),
+    ("profile->frontal rank-1", ("rank1", "profile_to_frontal")),
+    ("leave-one-out rank-1", ("rank1", "leave_one_out")),
+    ("LFW 10-fold accuracy", ("lfw", "accuracy")),
+)
+
+
+def _lookup(summary: dict[str, Any], path: Sequence[str]) -> float | None:
+    node: Any = summary
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return float(node)
+
+
+def format_table(summaries: dict[str, dict[str, Any]]) -> str:
+    """Headline figures side by side (percent), with the change against the first column."""
+    names = list(summaries)
+    header = f"{'metric':<30}" + "".join(f"{n:>16}" for n in names)
+    if len(names) > 1:
+        header += f"{'change':>10}"
+    lines = [header, "-" * len(header)]
+    for label, path in HEADLINE_ROWS:
+        values = [_lookup(summaries[n], path) for n in names]
+        if all(v is None for v in values):
+            continue
+        cells = "".join(f"{'' if v is None else f'{100 * v:.2f}':>16}" for v in values)
+        if len(names) > 1 and values[0] is not None and values[-1] is not None:
+            cells += f"{100 * (values[-1] - values[0]):>+10.2f}"
+        lines.append(f"{label:<30}{cells}")
+    return "\n".join(lines)
+
+
+def plot_protocols(
+    results: dict[str, ProtocolResult],
+    out_dir: Path,
+    *,
+    identities: str = "validation identities",
+    suffix: str = "",
+) -> list[Path]:
+    """One ROC PNG per verification protocol, a curve per model."""
+    protocols = next(iter(results.values())).verification
+    return [
+        plot_roc(
+            {model: result.verification[name].curve for model, result in results.items()},
+            out_dir / f"roc_{name}{suffix}.png",
+            f"ROC, {name.replace('_', '-')} pairs, {identities}",
+        )
+        for name in protocols
+    ]
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
