@@ -13,8 +13,10 @@ camera the recognizer keeps up with" on a busy machine too.
 
 from __future__ import annotations
 
+import re
 import time
 
+import httpx
 from starlette.testclient import WebSocketTestSession
 
 # Generous: a recognition takes milliseconds to seconds on a loaded 2-core machine.
@@ -28,3 +30,19 @@ def settle(socket: WebSocketTestSession) -> None:
     while metrics.recognitions_in_flight():
         assert time.monotonic() < deadline, f"a recognition still runs after {SETTLE_CAP_S} s"
         time.sleep(0.002)
+
+
+_IN_FLIGHT = re.compile(r"^facerec_stream_recognitions_in_flight (\S+)$", re.MULTILINE)
+
+
+def settle_server(url: str, admin_key: str) -> None:
+    """``settle`` for a real server process: polls its /metrics gauge (admin key)."""
+    deadline = time.monotonic() + SETTLE_CAP_S
+    while True:
+        text = httpx.get(f"{url}/metrics", headers={"X-API-Key": admin_key}, timeout=30).text
+        found = _IN_FLIGHT.search(text)
+        assert found, "no facerec_stream_recognitions_in_flight in /metrics"
+        if float(found.group(1)) == 0:
+            return
+        assert time.monotonic() < deadline, f"a recognition still runs after {SETTLE_CAP_S} s"
+        time.sleep(0.01)
