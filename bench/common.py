@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -153,3 +154,27 @@ def _jsonable(value: object) -> object:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def write_insightface_package(
+    package_dir: Path, files: Sequence[tuple[str, Path, str]], licence: str
+) -> None:
+    """An insightface 2.1 model package (manifest V2) holding copies of ``files``
+    ((task, path, sha256): our detector and recognizer).
+
+    insightface resolves task files inside the package directory (symlinks out of it
+    are refused), so the files are copied; their sha256 is checked on load.
+    """
+    package_dir.mkdir(parents=True, exist_ok=True)
+    tasks = {}
+    for task, path, sha256 in files:
+        shutil.copyfile(path, package_dir / path.name)
+        tasks[task] = {"file": path.name, "sha256": sha256}
+    (package_dir / "MODEL.LICENSE").write_text(licence + "\n")
+    manifest = {
+        "manifest_version": 2,
+        "model_id": "facerec-bench",
+        "license": "MODEL.LICENSE",
+        "tasks": tasks,
+    }
+    (package_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -15,8 +15,6 @@ change in background load hits all of them alike.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import statistics
 import tempfile
 import time
@@ -46,6 +44,7 @@ from bench.common import (
     model_overrides,
     print_machine,
     read_celeba,
+    write_insightface_package,
     write_json,
 )
 
@@ -157,27 +156,6 @@ def reference_session_options(threads: int) -> ort.SessionOptions:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     return options
-
-
-def write_insightface_package(package_dir: Path, runtime: Runtime) -> None:
-    """An insightface 2.1 model package (manifest V2) holding exactly our two files.
-
-    insightface resolves task files inside the package directory (symlinks out of it
-    are refused), so the files are copied; their sha256 is checked on load.
-    """
-    package_dir.mkdir(parents=True, exist_ok=True)
-    tasks = {}
-    for task, model in (("detection", runtime.detector), ("recognition", runtime.recognizer)):
-        shutil.copyfile(model.path, package_dir / model.path.name)
-        tasks[task] = {"file": model.path.name, "sha256": model.manifest.sha256}
-    (package_dir / "MODEL.LICENSE").write_text(runtime.recognizer.manifest.licence + "\n")
-    manifest = {
-        "manifest_version": 2,
-        "model_id": "facerec-bench",
-        "license": "MODEL.LICENSE",
-        "tasks": tasks,
-    }
-    (package_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
 def detection_threshold(runtime: Runtime) -> float:
@@ -457,7 +435,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         }
         default = runtimes["ours (default)"]
         package_dir = scratch_dir / "insightface-package"
-        write_insightface_package(package_dir, default)
+        write_insightface_package(
+            package_dir,
+            [
+                (task, model.path, model.manifest.sha256)
+                for task, model in (
+                    ("detection", default.detector),
+                    ("recognition", default.recognizer),
+                )
+            ],
+            default.recognizer.manifest.licence,
+        )
         classic = build_reference(package_dir, default, CLASSIC_DET_SIZE, args.threads)
         multi = build_reference(package_dir, default, None, args.threads)
         for name, runtime in runtimes.items():

@@ -25,7 +25,6 @@ import argparse
 import itertools
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
@@ -56,6 +55,7 @@ from bench.common import (
     list_images,
     machine_description,
     print_machine,
+    write_insightface_package,
     write_json,
 )
 
@@ -143,23 +143,6 @@ def start_ours(
     return ServerProcess(name, command, env, log)
 
 
-def write_insightface_package(package_dir: Path, files: Sequence[tuple[str, Path, str]]) -> None:
-    """An insightface 2.1 model package (manifest V2) holding copies of our two files."""
-    package_dir.mkdir(parents=True, exist_ok=True)
-    tasks = {}
-    for task, path, sha256 in files:
-        shutil.copyfile(path, package_dir / path.name)
-        tasks[task] = {"file": path.name, "sha256": sha256}
-    (package_dir / "MODEL.LICENSE").write_text("InsightFace: non-commercial research use\n")
-    manifest = {
-        "manifest_version": 2,
-        "model_id": "facerec-bench",
-        "license": "MODEL.LICENSE",
-        "tasks": tasks,
-    }
-    (package_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-
-
 def start_wrapper(settings: Settings, scratch: Path, providers: str) -> ServerProcess:
     files = []
     for task, ref in (("detection", settings.detector), ("recognition", settings.recognizer)):
@@ -169,7 +152,7 @@ def start_wrapper(settings: Settings, scratch: Path, providers: str) -> ServerPr
     detector, _ = resolve_manifest(settings.detector, settings.catalog_dir)
     assert detector.detector is not None  # the manifest validator requires it
     package = scratch / "insightface-package"
-    write_insightface_package(package, files)
+    write_insightface_package(package, files, "InsightFace: non-commercial research use")
     command = [
         sys.executable,
         "-m",
