@@ -387,11 +387,17 @@ def test_a_background_snapshot_follows_enough_changes(
     gallery = open_snapshotted(snapshots=eager)
     enroll(gallery, unit_vectors(120))
     manifest = gallery_dir / SNAPSHOT_DIRNAME / MANIFEST_NAME
-    gallery_thread_wait(manifest.is_file)
 
-    with sqlite3.connect(gallery_dir / DB_FILENAME) as db:
-        tokens = [row[0] for row in db.execute("SELECT token FROM index_snapshots")]
-    assert tokens == [json.loads(manifest.read_text())["token"]]
+    def only_the_manifest_is_recorded() -> bool:
+        # The manifest is renamed into place before older records are retired, and a
+        # first snapshot may already exist: wait until the thread has finished its work.
+        if not manifest.is_file():
+            return False
+        with sqlite3.connect(gallery_dir / DB_FILENAME) as db:
+            tokens = [row[0] for row in db.execute("SELECT token FROM index_snapshots")]
+        return tokens == [json.loads(manifest.read_text())["token"]]
+
+    gallery_thread_wait(only_the_manifest_is_recorded)
 
 
 def gallery_thread_wait(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
