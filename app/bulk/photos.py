@@ -1,10 +1,17 @@
 """Enroll a folder of identity subfolders, with exactly the gates of ``POST /enroll``.
 
 ``DIR/<subject>/<photo>`` (the layout of CelebA's ``images/``): each subfolder is a
-subject named after it, each image file in it one photo. Photos go through
+subject named after it, each image file in it or in its own subfolders one photo
+(``DIR/<subject>/frontal/01.jpg``, the layout of CFP's ``images/``). Photos go through
 ``FaceService.enroll``, the use case behind ``POST /enroll``: the same decoding
 limits, face policy and quality gates, the same idempotence (a photo already
 enrolled for its subject is not added again), so a re-run adds nothing.
+
+Photos are sent in calls of at most ``photos_per_call`` photos and at most the
+request pixel budget (``FACEREC_MAX_REQUEST_PIXELS``), so a folder of large photos is
+enrolled in more calls rather than refused; a single photo above the budget is
+rejected on its own. A subject the gallery refuses as a whole (a name that looks like
+another subject's) is reported with its photos and the import goes on.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from tqdm import tqdm
 
 from app.api.deps import validate_subject
 from app.core.service import FacePolicy, FaceService
-from app.errors import FaceRecError, InvalidImage
+from app.errors import FaceRecError, InvalidImage, NameConflict, RequestTooLarge
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 # Rejections listed one by one in the summary; the rest are only counted.
@@ -44,23 +51,28 @@ class PhotoImport:
 
 
 def identity_folders(directory: Path) -> list[tuple[str, list[Path]]]:
-    """``(folder name, image files)`` per subfolder, sorted; hidden entries skipped."""
+    """``(folder name, image files)`` per subfolder, sorted; the image files of a folder
+    are found at any depth below it; hidden entries are skipped at every level."""
     if not directory.is_dir():
         raise NotADirectoryError(f"{directory} is not a folder")
     folders = []
     for folder in sorted(directory.iterdir()):
         if folder.name.startswith(".") or not folder.is_dir():
             continue
-        photos = [
-            path
-            for path in sorted(folder.iterdir())
-            if path.is_file()
-            and not path.name.startswith(".")
-            and path.suffix.lower() in IMAGE_SUFFIXES
-        ]
+        photos = sorted(_photos_below(folder))
         if photos:
             folders.append((folder.name, photos))
     return folders
+
+
+def _photos_below(folder: Path) -> Iterator[Path]:
+    for path in folder.iterdir():
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            yield from _photos_below(path)
+        elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            yield path
 
 
 def import_photos(
@@ -88,11 +100,15 @@ def import_photos(
                 bar.update(len(photos))
                 continue
             enrolled = False
-            for chunk in _chunks(photos, photos_per_call):
-                enrolled |= _enroll_chunk(
-                    service, collection, subject, chunk, policy, max_image_bytes, result
-                )
-                bar.update(len(chunk))
+            calls = _calls(service, photos, photos_per_call, max_image_bytes, result)
+            for chunk, consumed in calls:
+                try:
+                    enrolled |= _enroll_chunk(service, collection, subject, chunk, policy, result)
+                except NameConflict as exc:
+                    # The subject as a whole is refused, so is every photo of the call.
+                    for name, _ in chunk:
+                        result.reject(name, exc.code, exc.message)
+                bar.update(consumed)
             result.subjects += enrolled
     result.seconds = time.perf_counter() - started
     return result
@@ -102,18 +118,11 @@ def _enroll_chunk(
     service: FaceService,
     collection: str,
     subject: str,
-    photos: list[Path],
+    images: list[tuple[str, bytes]],
     policy: FacePolicy,
-    max_image_bytes: int,
     result: PhotoImport,
 ) -> bool:
-    """Enroll up to ``photos_per_call`` photos of one subject; True if any face is stored."""
-    images: list[tuple[str, bytes]] = []
-    for photo in photos:
-        try:
-            images.append((str(photo), _read_capped(photo, max_image_bytes)))
-        except OSError as exc:
-            result.reject(str(photo), InvalidImage.code, f"cannot read the file: {exc.strerror}")
+    """Enroll one call's photos of one subject; True if any face is stored."""
     if not images:
         return False
     try:
@@ -132,12 +141,51 @@ def _enroll_chunk(
     return bool(enrolled.faces)
 
 
+def _calls(
+    service: FaceService,
+    photos: list[Path],
+    photos_per_call: int,
+    max_image_bytes: int,
+    result: PhotoImport,
+) -> Iterator[tuple[list[tuple[str, bytes]], int]]:
+    """``(images of one call, photos consumed)``: at most ``photos_per_call`` photos and
+    at most the service's request pixel budget per call, read one call at a time.
+
+    Unreadable files and photos that alone declare more pixels than the budget are
+    rejected here (counted in ``consumed``, never sent).
+    """
+    budget = service.max_request_pixels if service.probe is not None else None
+    images: list[tuple[str, bytes]] = []
+    pixels = 0
+    consumed = 0
+    for photo in photos:
+        consumed += 1
+        try:
+            data = _read_capped(photo, max_image_bytes)
+        except OSError as exc:
+            result.reject(str(photo), InvalidImage.code, f"cannot read the file: {exc.strerror}")
+            continue
+        declared = service.probe(data) if service.probe is not None else 0
+        if budget is not None and declared > budget:
+            result.reject(
+                str(photo),
+                RequestTooLarge.code,
+                f"the image declares {declared} pixels; at most {budget} are accepted per "
+                "request (FACEREC_MAX_REQUEST_PIXELS)",
+            )
+            continue
+        if images and (
+            len(images) >= photos_per_call or (budget is not None and pixels + declared > budget)
+        ):
+            yield images, consumed - 1
+            images, pixels, consumed = [], 0, 1
+        images.append((str(photo), data))
+        pixels += declared
+    if consumed:
+        yield images, consumed
+
+
 def _read_capped(path: Path, max_bytes: int) -> bytes:
     """At most ``max_bytes + 1`` bytes: enough for the decoder to refuse a larger file."""
     with path.open("rb") as handle:
         return handle.read(max_bytes + 1)
-
-
-def _chunks(photos: list[Path], size: int) -> Iterator[list[Path]]:
-    for start in range(0, len(photos), size):
-        yield photos[start : start + size]

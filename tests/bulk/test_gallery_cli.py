@@ -28,9 +28,12 @@ MODEL_ID = MANIFEST.model_id
 DIM = MANIFEST.embedding_dim or 0
 
 
-def run_cli(data_dir: Path, models_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    data_dir: Path, models_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
     environment.update(FACEREC_DATA_DIR=str(data_dir), FACEREC_MODELS_DIR=str(models_dir))
+    environment.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "app.cli", "gallery", *args],
         cwd=REPO,
@@ -120,6 +123,52 @@ def test_import_photos_again_adds_nothing(
     )
     faces = len(IDENTITIES) * ENROLLED_PER_IDENTITY
     assert f"0 faces added, {faces} already enrolled" in output
+
+
+def test_import_photos_reads_nested_folders_and_splits_calls_by_the_pixel_budget(
+    data_root: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    """CFP's layout (DIR/<subject>/frontal|profile/<photo>) is read as is; photos that
+    together exceed FACEREC_MAX_REQUEST_PIXELS go in several calls, one that alone does
+    is rejected; a subject refused as a whole (a look-alike name) does not stop the rest."""
+    root = tmp_path / "photos"
+    cfp = data_root / "cfp" / "images" / "001"
+    for pose, count in (("frontal", 3), ("profile", 2)):
+        (root / "cfp001" / pose).mkdir(parents=True)
+        for photo in sorted((cfp / pose).iterdir())[:count]:
+            shutil.copy(photo, root / "cfp001" / pose / photo.name)
+    (root / "cfp001" / ".trash").mkdir()
+    shutil.copy(sorted((cfp / "frontal").iterdir())[5], root / "cfp001" / ".trash" / "x.jpg")
+    celeba = data_root / "celeba" / "images"
+    for folder, identity in (("ADA", "7203"), ("Ada", "7217")):
+        (root / folder).mkdir()
+        shutil.copy(sorted((celeba / identity).iterdir())[0], root / folder / "1.jpg")
+    (root / "big").mkdir()
+    Image.new("RGB", (1200, 1000), (128, 128, 128)).save(root / "big" / "huge.png")
+    budget = 200_000  # below the five CFP photos' sum, above each of them
+    data_dir = tmp_path / "gallery"
+
+    output = succeeded(
+        run_cli(
+            data_dir,
+            models_dir,
+            "import-photos",
+            "--collection",
+            "people",
+            "--face-policy",
+            "largest",
+            str(root),
+            env={"FACEREC_MAX_REQUEST_PIXELS": str(budget)},
+        )
+    )
+
+    assert "2 subjects, 6 faces added, 0 already enrolled, 2 photos rejected" in output
+    assert re.search(r"rejected\s+1\s+name_conflict", output)
+    assert re.search(r"rejected\s+1\s+request_too_large", output)
+    assert "huge.png" in output
+    with open_gallery(data_dir) as gallery:
+        subjects, _ = gallery.list_subjects("people", limit=10, offset=0)
+        assert {(s.subject, s.face_count) for s in subjects} == {("cfp001", 5), ("ADA", 1)}
 
 
 def test_export_then_import_into_a_new_gallery_gives_identical_search_results(

@@ -299,19 +299,18 @@ def test_promotion_gate_refuses_a_split_the_candidate_was_not_trained_with(
 def test_faces_imported_with_import_photos_are_read_with_their_poses(
     photos: Path, models_dir: Path, tmp_path: Path
 ) -> None:
-    """``facerec gallery import-photos`` takes DIR/<subject>/<photo> (one level): the CFP
-    layout is flattened for it, and ``--photos`` gives the poses back by image sha256."""
-    flat = tmp_path / "flat"
+    """``facerec gallery import-photos`` reads the CFP layout as it is
+    (DIR/<subject>/frontal|profile/<photo>), and ``--photos`` gives the poses back by
+    image sha256."""
+    layout = tmp_path / "cfp"
     for identity in IDENTITIES[:4]:
-        (flat / identity).mkdir(parents=True)
-        for path in sorted((photos / identity).rglob("*.jpg")):
-            shutil.copy(path, flat / identity / f"{path.parent.name}_{path.name}")
+        shutil.copytree(photos / identity, layout / identity)
     data_dir = tmp_path / "gallery"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
     environment.update(FACEREC_DATA_DIR=str(data_dir), FACEREC_MODELS_DIR=str(models_dir))
     command = ["gallery", "import-photos", "--collection", COLLECTION, "--face-policy", "largest"]
     done = subprocess.run(
-        [sys.executable, "-m", "app.cli", *command, str(flat)],
+        [sys.executable, "-m", "app.cli", *command, str(layout)],
         env=environment,
         capture_output=True,
         text=True,
