@@ -68,7 +68,7 @@ from app.stream.metrics import StreamMetrics
 from app.stream.reid import ReidPolicy
 from app.stream.session import StreamEngine, TrackRule, VoteRule
 from app.stream.unknowns import UnknownStore
-from app.swap import ModelSwitcher, Serving
+from app.swap import ModelSwitcher, Serving, SyncPacing
 
 if TYPE_CHECKING:
     from app.storage.postgres.database import Database
@@ -309,6 +309,7 @@ def build_runtime(settings: Settings) -> Runtime:
             open_serving=partial(open_serving, settings, detector, metrics),
             models_dir=settings.models_dir,
             store_aligned_crops=settings.store_aligned_crops,
+            pacing=SyncPacing(settings.swap_batch_size, settings.swap_pause_ms / 1000),
         )
         metrics.watch_gallery(partial(_active_gallery_stats, switcher))
         metrics.watch_swap(

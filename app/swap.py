@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +48,6 @@ logger = logging.getLogger(__name__)
 
 # A recognizer manifest is a few kB; anything far larger is not one (and is not read).
 MAX_MANIFEST_BYTES = 1 << 20
-# Pause between re-embedding batches: waiting requests take the CPU in between.
-PAUSE_S = 0.02
 # A stored crop is a 112x112 PNG: generous limits for decoding one.
 _CROP_MAX_BYTES = 1 << 22
 _CROP_MAX_PIXELS = 1 << 20
@@ -69,6 +66,15 @@ class Serving:
     def close(self) -> None:
         self.batcher.close()
         self.gallery.close()
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPacing:
+    """How a job shares the CPU: crops per step, and a pause between steps (in which
+    waiting requests take the cores). The last step runs under the write barrier."""
+
+    batch_size: int = 32
+    pause_s: float = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +131,9 @@ class ModelSwitcher:
         open_serving: Callable[[Generation, Serving], Serving],
         models_dir: Path,
         store_aligned_crops: bool,
+        pacing: SyncPacing = SyncPacing(),
     ) -> None:
+        self._pacing = pacing
         self._store = store
         self._active = active
         self._previous: Serving | None = None
@@ -325,7 +333,13 @@ class ModelSwitcher:
     def _copy_and_switch(self, target: Serving, by: str | None) -> None:
         source = self._active
         embed = self._embedder(source, target)
-        controls = SyncControls(pause=lambda: time.sleep(PAUSE_S), stopping=self._stopping.is_set)
+        pacing = self._pacing
+        controls = SyncControls(
+            pause=lambda: self._stopping.wait(pacing.pause_s),
+            stopping=self._stopping.is_set,
+            batch_size=pacing.batch_size,
+            finish_below=pacing.batch_size,
+        )
 
         def switch() -> None:
             self._store.activate(target.generation.number, by=by)

@@ -32,7 +32,7 @@ from app.core.types import FloatArray, NewFace
 BATCH_SIZE = 32
 # A pass that leaves at most this many faces to copy is the last one before the
 # write barrier: writes then wait about one batch.
-FINISH_BELOW = 32
+FINISH_BELOW = BATCH_SIZE
 
 # PNG crops -> (N, dim) unit embeddings by the target's recognizer.
 EmbedCrops = Callable[[list[bytes]], FloatArray]
@@ -89,7 +89,7 @@ class ProgressBoard:
 class SyncControls:
     """How the job yields and stops: ``pause`` between batches, ``stopping`` polled."""
 
-    pause: Callable[[], None]
+    pause: Callable[[], object]
     stopping: Callable[[], bool]
     batch_size: int = BATCH_SIZE
     finish_below: int = FINISH_BELOW
