@@ -52,6 +52,9 @@ def add_swap_actions(actions: argparse._SubParsersAction[argparse.ArgumentParser
         f"and switch to it. Needs an admin key in {API_KEY_ENV}.",
     )
     activate.add_argument("manifest", metavar="MANIFEST", help="recognizer manifest path")
+    activate.add_argument(
+        "--force", action="store_true", help="even if the promotion gate decided against it"
+    )
     activate.set_defaults(handler=_activate)
     rollback = actions.add_parser(
         "rollback",
@@ -68,7 +71,8 @@ def add_swap_actions(actions: argparse._SubParsersAction[argparse.ArgumentParser
 
 def _activate(args: argparse.Namespace) -> int:
     manifest = os.path.abspath(os.path.expanduser(args.manifest))
-    started = _call(args.url, "POST", "/admin/models/activate", {"manifest": manifest})
+    body = {"manifest": manifest, "force": args.force}
+    started = _call(args.url, "POST", "/admin/models/activate", body)
     return _follow(args, started)
 
 

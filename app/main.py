@@ -473,9 +473,11 @@ def publish_serving(app: FastAPI, serving: Serving) -> None:
             update={"recognizer": serving.generation.manifest_path}
         ),
     )
-    streams = build_stream_hub(switched, previous=app.state.streams)
+    # Streams first: a request that read the old runtime and then sees the new hub's
+    # unknowns writes into the old, sealed gallery and is refused (model_switched);
+    # the other order could write old-model unknowns into the new gallery.
+    app.state.streams = build_stream_hub(switched, previous=app.state.streams)
     app.state.runtime = switched
-    app.state.streams = streams
 
 
 def open_shared_database(settings: Settings) -> Database | None:

@@ -407,6 +407,9 @@ class ModelActivate(BaseModel):
         max_length=4096,
         description="absolute path of a recognizer manifest JSON on the server",
     )
+    force: bool = Field(
+        False, description="activate even if the promotion gate decided against the candidate"
+    )
 
 
 class ActivationOut(BaseModel):
@@ -427,6 +430,9 @@ class GenerationOut(BaseModel):
 
 
 class GenerationList(BaseModel):
+    swap_supported: bool = Field(
+        description="false on the PostgreSQL backend: one implicit generation, no swaps"
+    )
     active: int
     previous: int | None = Field(description="where POST /admin/models/rollback returns")
     generations: list[GenerationOut]

@@ -116,6 +116,14 @@ def check_recognizer_manifest(path_text: str, *, models_dir: Path) -> CheckedMan
     return CheckedManifest(path=path.resolve(), manifest=manifest, sha256=file_sha256(path))
 
 
+def gate_refused(manifest: ModelManifest) -> bool:
+    """True when ``python -m training evaluate --gate`` decided against this candidate
+    (``metrics.promotion.promoted`` false). Manifests without a decision (catalog
+    models, never gated) are not refused."""
+    promotion = (manifest.metrics or {}).get("promotion")
+    return isinstance(promotion, dict) and promotion.get("promoted") is False
+
+
 def _rejected(reason: str, message: str) -> ModelSwapRejected:
     return ModelSwapRejected(message, reason=reason)
 
@@ -166,11 +174,20 @@ class ModelSwitcher:
 
     # --- starting jobs (callers: the admin routes, in a worker thread) ------------------
 
-    def activate(self, manifest_path: str, *, by: str | None) -> SwapProgress:
+    def activate(self, manifest_path: str, *, by: str | None, force: bool = False) -> SwapProgress:
+        """Start re-embedding into a new generation for ``manifest_path``'s recognizer.
+
+        ``force``: activate a candidate the promotion gate decided against."""
         with self._lock:
             self._refuse_if_running()
             self._refuse_without_crops()
             checked = check_recognizer_manifest(manifest_path, models_dir=self._models_dir)
+            if gate_refused(checked.manifest) and not force:
+                raise _rejected(
+                    "not_promoted",
+                    "the promotion gate decided against this candidate (metrics.promotion in "
+                    "its manifest); activate it anyway with force",
+                )
             active = self._active.generation
             if (
                 checked.manifest.model_id == active.model_id
@@ -189,10 +206,10 @@ class ModelSwitcher:
     def rollback(self, *, by: str | None) -> SwapProgress:
         with self._lock:
             self._refuse_if_running()
+            self._refuse_without_crops()
             pointer = self._store.active()
             if pointer is None or pointer.previous is None:
                 raise NoPreviousGeneration("no earlier gallery generation to return to")
-            self._refuse_without_crops()
             target = self._store.get(pointer.previous)
             progress = self._start(
                 "rollback",
@@ -301,8 +318,9 @@ class ModelSwitcher:
         try:
             self._copy_and_switch(target, by)
         except BaseException:
-            target.close()
-            self._store.discard(generation.number)
+            if self._active is not target:  # failed before the switch: nothing serves it
+                target.close()
+                self._store.discard(generation.number)
             raise
 
     def _rollback_job(self, generation: Generation, by: str | None) -> None:
@@ -316,7 +334,7 @@ class ModelSwitcher:
         try:
             self._copy_and_switch(target, by)
         except BaseException:
-            if opened:
+            if opened and self._active is not target:
                 target.close()
             raise
 
@@ -338,7 +356,6 @@ class ModelSwitcher:
             pause=lambda: self._stopping.wait(pacing.pause_s),
             stopping=self._stopping.is_set,
             batch_size=pacing.batch_size,
-            finish_below=pacing.batch_size,
         )
 
         def switch() -> None:

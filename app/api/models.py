@@ -6,8 +6,6 @@ start it (202) and show it. ``/ready`` shows the progress to anyone.
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
 from fastapi import APIRouter, status
 
@@ -29,9 +27,9 @@ from app.schemas import (
 from app.swap import ModelSwitcher
 
 router = APIRouter(prefix="/admin/models", tags=["models"])
-SWAP_ERRORS: dict[int | str, dict[str, Any]] = error_responses(
-    "unauthorized", "forbidden", "rate_limited", "model_swap_running", "model_swap_unsupported"
-)
+# Codes every swap route may answer; one error_responses call per route groups them
+# by status (merging two dicts would drop one of two 409 lists).
+SWAP_CODES = ("unauthorized", "forbidden", "rate_limited", "model_swap_running")
 
 
 def _switcher(runtime: RuntimeDep) -> ModelSwitcher:
@@ -75,10 +73,13 @@ def generation_brief(generation: Generation) -> GenerationBrief:
     "/activate",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=SwapStatus,
-    responses={
-        **SWAP_ERRORS,
-        **error_responses("malformed_request", "invalid_request", "model_swap_rejected"),
-    },
+    responses=error_responses(
+        *SWAP_CODES,
+        "model_swap_unsupported",
+        "malformed_request",
+        "invalid_request",
+        "model_swap_rejected",
+    ),
     summary="Switch to another recognizer without downtime (re-embeds the gallery)",
 )
 async def activate(runtime: RuntimeDep, caller: AdminCaller, body: ModelActivate) -> SwapStatus:
@@ -87,7 +88,9 @@ async def activate(runtime: RuntimeDep, caller: AdminCaller, body: ModelActivate
     serving; ``/ready`` shows the progress and, after the switch, the new model."""
     switcher = _switcher(runtime)
     by = caller.key_id if caller else None
-    progress = await anyio.to_thread.run_sync(lambda: switcher.activate(body.manifest, by=by))
+    progress = await anyio.to_thread.run_sync(
+        lambda: switcher.activate(body.manifest, by=by, force=body.force)
+    )
     return swap_status(progress)
 
 
@@ -95,7 +98,9 @@ async def activate(runtime: RuntimeDep, caller: AdminCaller, body: ModelActivate
     "/rollback",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=SwapStatus,
-    responses={**SWAP_ERRORS, **error_responses("no_previous_generation", "model_swap_rejected")},
+    responses=error_responses(
+        *SWAP_CODES, "model_swap_unsupported", "no_previous_generation", "model_swap_rejected"
+    ),
     summary="Return to the previous gallery generation and its recognizer",
 )
 async def rollback(runtime: RuntimeDep, caller: AdminCaller) -> SwapStatus:
@@ -108,13 +113,15 @@ async def rollback(runtime: RuntimeDep, caller: AdminCaller) -> SwapStatus:
 @router.get(
     "",
     response_model=GenerationList,
-    responses=error_responses(
-        "unauthorized", "forbidden", "rate_limited", "model_swap_unsupported"
-    ),
+    responses=error_responses("unauthorized", "forbidden", "rate_limited"),
     summary="Gallery generations: which model each holds, when and by whom activated",
 )
 async def list_generations(runtime: RuntimeDep, _: AdminCaller) -> GenerationList:
-    switcher = _switcher(runtime)
+    if runtime.switcher is None:
+        return GenerationList(
+            swap_supported=False, active=0, previous=None, generations=[], swap=None
+        )
+    switcher = runtime.switcher
     generations, pointer = await anyio.to_thread.run_sync(
         lambda: (switcher.generations(), switcher.pointer())
     )
@@ -123,6 +130,7 @@ async def list_generations(runtime: RuntimeDep, _: AdminCaller) -> GenerationLis
         generations = [active, *generations]  # generation 0 before its record is written
     progress = switcher.progress()
     return GenerationList(
+        swap_supported=True,
         active=active.number,
         previous=None if pointer is None else pointer.previous,
         generations=[

@@ -92,7 +92,11 @@ class SyncControls:
     pause: Callable[[], object]
     stopping: Callable[[], bool]
     batch_size: int = BATCH_SIZE
-    finish_below: int = FINISH_BELOW
+    finish_below: int | None = None  # None: one batch (FINISH_BELOW at the default size)
+
+    @property
+    def last_pass_below(self) -> int:
+        return self.batch_size if self.finish_below is None else self.finish_below
 
 
 class _Copier:
@@ -165,7 +169,7 @@ def synchronise(
     while True:
         missing, extra = copier.differences()
         copier.remove(extra)
-        if len(missing) <= controls.finish_below:
+        if len(missing) <= controls.last_pass_below:
             break
         for start in range(0, len(missing), controls.batch_size):
             if controls.stopping():
