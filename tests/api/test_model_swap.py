@@ -10,6 +10,10 @@ the people enrolled since the swap re-embedded into it.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -148,6 +152,11 @@ def test_model_swap_while_identifying_then_restart_and_roll_back(
         assert after["recognizer"]["model_id"] == new_model_id
         assert after["generation"] == {"number": 1, "model_id": new_model_id}
         assert after["gallery_faces"] == 2 * (len(PEOPLE) - 1) + 1
+        assert metric(http, "facerec_gallery_generation") == 1
+        assert metric(http, "facerec_swap_running") == 0
+        done = metric(http, "facerec_swap_faces_done")
+        assert done == metric(http, "facerec_swap_faces_total") == after["swap"]["faces_done"]
+        assert done >= after["gallery_faces"]  # every face, the late one included
         # Old model until the switch, the new one after; never back.
         switch = answers.index(new_model_id)
         assert switch > 0
@@ -194,9 +203,10 @@ def restart_then_roll_back(
         assert matched(identify(http, frontal(data_root, LATE[1], 3))) == LATE[0]
 
         enroll(http, AFTER[0], [frontal(data_root, AFTER[1], 1)])
-        rolled = http.post("/admin/models/rollback")
-        assert rolled.status_code == 202, rolled.text
-        back = wait_for_swap(http)
+        rolled = cli(server, admin_key, "rollback")  # facerec models rollback: waits
+        assert rolled.returncode == 0, rolled.stderr
+        assert rolled.stdout.strip() == f"generation 0 serves {old_model_id}"
+        back = ready(http)
         assert back["swap"]["state"] == "done", back
         assert back["generation"] == {"number": 0, "model_id": old_model_id}
         for subject, identity in [("Ada", "001"), LATE, AFTER]:
@@ -205,6 +215,25 @@ def restart_then_roll_back(
             assert matched(body) == subject
         assert http.post("/admin/models/rollback").status_code == 202  # to 1 again
         assert wait_for_swap(http)["generation"]["number"] == 1
+
+
+def cli(server: Server, key: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``facerec models ARGS --url`` against ``server``, the admin key in the environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "models", *args, "--url", server.url],
+        cwd=REPO,
+        env={**os.environ, "FACEREC_API_KEY": key},
+        capture_output=True,
+        text=True,
+        timeout=REQUEST_TIMEOUT_S,
+        check=False,
+    )
+
+
+def metric(http: httpx.Client, name: str) -> float:
+    found = re.search(rf"^{name} (\S+)$", http.get("/metrics").text, re.MULTILINE)
+    assert found, name
+    return float(found.group(1))
 
 
 REFUSED = [
@@ -235,7 +264,39 @@ def test_activate_is_for_admin_keys_and_refuses_what_is_not_a_usable_recognizer(
             error = response.json()
             assert (error["code"], error["details"]["reason"]) == ("model_swap_rejected", reason)
             assert "root:" not in response.text  # never the file's contents
+        refused = cli(server, admin_key, "activate", "no-such-manifest.json")
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("facerec: error: [model_swap_rejected] no manifest file")
         nothing = http.post("/admin/models/rollback")
         assert nothing.status_code == 409
         assert nothing.json()["code"] == "no_previous_generation"
         assert "swap" not in ready(http)
+
+
+def test_a_server_killed_during_the_copy_comes_back_on_the_old_generation(
+    start_server: StartServer, tmp_path: Path, data_root: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    server = start_server(data_dir, **SWAP_SETTINGS)
+    (admin_key,) = server.printed_keys()
+    with server.client(admin_key) as http:
+        for subject, identity in PEOPLE[:3]:
+            enroll(http, subject, [frontal(data_root, identity, n) for n in (1, 2)])
+        old_model_id = ready(http)["recognizer"]["model_id"]
+        started = http.post("/admin/models/activate", json={"manifest": str(NEW_MANIFEST)})
+        assert started.status_code == 202, started.text
+        while ready(http)["swap"]["state"] == "loading":
+            time.sleep(0.05)
+        assert ready(http)["swap"]["state"] == "copying"
+        assert (data_dir / "generations" / "1").is_dir()
+    server.kill_9()
+
+    server = start_server(data_dir, **SWAP_SETTINGS)
+    assert "removed gallery generations [1]: their swap did not finish" in server.log()
+    assert not (data_dir / "generations" / "1").exists()
+    with server.client(admin_key) as http:
+        body = ready(http)
+        assert body["generation"] == {"number": 0, "model_id": old_model_id}
+        assert "swap" not in body
+        assert body["gallery_faces"] == 6
+        assert matched(identify(http, frontal(data_root, "002", 3))) == "Bruno"
