@@ -150,6 +150,9 @@ def test_model_swap_while_identifying_then_restart_and_roll_back(
         (answers,) = workers.join(REQUEST_TIMEOUT_S)
         assert after["swap"]["state"] == "done", after
         assert after["recognizer"]["model_id"] == new_model_id
+        new_manifest = resolve_manifest(str(NEW_MANIFEST))[0]
+        assert new_manifest.thresholds is not None
+        assert after["threshold"] == new_manifest.thresholds.match != before["threshold"]
         assert after["generation"] == {"number": 1, "model_id": new_model_id}
         assert after["gallery_faces"] == 2 * (len(PEOPLE) - 1) + 1
         assert metric(http, "facerec_gallery_generation") == 1
