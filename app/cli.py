@@ -21,6 +21,7 @@ from pydantic import ValidationError
 import app
 from app.auth.keystore import KeyStore
 from app.auth.store import KEYS_FILENAME, SqliteKeyStore
+from app.cli_swap import add_swap_actions
 from app.config import Settings
 from app.core.gallery import Gallery
 from app.errors import FaceRecError, GalleryUnavailable, ModelChecksumMismatch, ModelNotFound
@@ -106,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--catalog", type=Path, help="catalog directory (default: FACEREC_CATALOG_DIR or models/)"
     )
-    models = commands.add_parser("models", help="list, fetch and verify model files")
+    models = commands.add_parser(
+        "models", help="list, fetch and verify model files; switch the serving recognizer"
+    )
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     listing = actions.add_parser("list", parents=[where], help="catalog models and their files")
@@ -123,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = actions.add_parser("verify", parents=[where], help="check sha256 of present files")
     verify.set_defaults(handler=_verify)
+    add_swap_actions(actions)
     _add_gallery_commands(commands)
     return parser
 
@@ -342,9 +346,11 @@ def _progress(args: argparse.Namespace) -> bool:
 
 def _bulk_settings(args: argparse.Namespace) -> tuple[Settings, str]:
     from app.api.deps import validate_collection
+    from app.main import serving_settings
 
     settings = Settings()
     configure_logging(settings.log_level if args.verbose else "WARNING", "text")
+    settings, _ = serving_settings(settings)  # the active generation's recognizer
     return settings, validate_collection(args.collection)
 
 

@@ -199,6 +199,13 @@ class Settings(BaseSettings):
         100_000, ge=1, description="look-alike report: faces searched per collection at most"
     )
     lookalike_keep: int = Field(1000, ge=1, description="look-alike report: subject pairs kept")
+    # --- model swap (POST /admin/models/activate; docs/training.md) ---
+    swap_batch_size: int = Field(
+        32, ge=1, le=1024, description="model swap: crops re-embedded per step"
+    )
+    swap_pause_ms: float = Field(
+        20.0, ge=0, le=60_000, description="model swap: pause between steps, for live traffic"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -248,3 +248,37 @@ class EngineUnavailable(ModelError):
     """The configured inference engine (FACEREC_ENGINE) is not installed."""
 
     code = "engine_unavailable"
+
+
+# --- model swap (issue 13: gallery generations) --------------------------------------
+
+
+class ModelSwapRunning(FaceRecError):
+    """A model activation or rollback is already running; one job at a time."""
+
+    code = "model_swap_running"
+
+
+class ModelSwapUnsupported(FaceRecError):
+    """This gallery backend cannot switch models while serving (PostgreSQL, for now)."""
+
+    code = "model_swap_unsupported"
+
+
+class ModelSwapRejected(FaceRecError):
+    """The recognizer manifest given for activation is not acceptable (``details.reason``)."""
+
+    code = "model_swap_rejected"
+
+
+class NoPreviousGeneration(FaceRecError):
+    """Rollback with no earlier generation to return to."""
+
+    code = "no_previous_generation"
+
+
+class GenerationRetired(FaceRecError):
+    """A write reached a gallery generation that stopped serving during the request
+    (the model switched): nothing was written; send it again."""
+
+    code = "model_switched"

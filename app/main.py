@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -20,6 +21,7 @@ from app.api import gallery as gallery_routes
 from app.api import health as health_routes
 from app.api import keys as key_routes
 from app.api import metrics as metrics_routes
+from app.api import models as model_routes
 from app.api import openset as openset_routes
 from app.api import pages as page_routes
 from app.api import recognition as recognition_routes
@@ -40,26 +42,33 @@ from app.auth.dependencies import API_KEY_HEADER
 from app.auth.guard import Guard
 from app.auth.keystore import KeyStore
 from app.config import Settings, available_cores
+from app.core.generations import Generation
 from app.core.lookalikes import LookalikeReports
 from app.core.pipeline import FacePipeline
 from app.core.service import FaceService, QualityGate
 from app.core.thresholds import CollectionSettingsStore, OpenSetConfig, ThresholdPolicy
+from app.errors import ModelChecksumMismatch, ModelSwapRejected
 from app.gallery import Gallery, open_gallery
+from app.gallery.embedded import EmbeddedGallery
+from app.gallery.embedded.generations import EmbeddedGenerations
 from app.inference.align import align_face
 from app.inference.batcher import BatchingEmbedder
+from app.inference.catalog import resolve_manifest
 from app.inference.engines.factory import resolve_engine
 from app.inference.image import declared_pixels, decode_image
 from app.inference.loader import LoadedModel, build_detector, build_embedder, load_model
-from app.inference.manifest import DetectorInput, impostor_tail_of
+from app.inference.manifest import DetectorInput, file_sha256, impostor_tail_of
 from app.inference.session import RuntimeOptions
 from app.observability.logging import configure_logging
 from app.observability.metrics import Metrics, timed
 from app.observability.middleware import RequestContextMiddleware
+from app.storage.sqlite import utc_now
 from app.stream.hub import StreamHub, StreamSlots, StreamTimeouts, scaled_detector
 from app.stream.metrics import StreamMetrics
 from app.stream.reid import ReidPolicy
 from app.stream.session import StreamEngine, TrackRule, VoteRule
 from app.stream.unknowns import UnknownStore
+from app.swap import ModelSwitcher, Serving, SyncPacing
 
 if TYPE_CHECKING:
     from app.storage.postgres.database import Database
@@ -83,13 +92,19 @@ class Runtime:
     # The PostgreSQL connections gallery and keys share (FACEREC_DATABASE_URL), or None.
     database: Database | None = None
     batcher: BatchingEmbedder | None = None
+    # The gallery generation serving (embedded backend) and the model swap jobs.
+    generation: Generation | None = None
+    switcher: ModelSwitcher | None = None
 
     def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
+        if self.switcher is not None:
+            self.switcher.close()  # every generation it holds, the serving one included
+        else:
+            if self.batcher is not None:
+                self.batcher.close()
+            self.service.gallery.close()
         if self.guard.store is not None:
             self.guard.store.close()
-        self.service.gallery.close()
         if self.database is not None:
             self.database.close()
 
@@ -155,8 +170,9 @@ def open_configured_gallery(
     embedded gallery under ``data_dir``; the caller owns and closes it."""
     if database is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+    generations = EmbeddedGenerations(settings.data_dir)
     return open_gallery(
-        data_dir=settings.data_dir,
+        data_dir=generations.gallery_dir(generations.active_number()),
         model_id=model_id,
         dim=dim,
         database=database,
@@ -171,10 +187,13 @@ def build_service(
     gallery: Gallery,
     metrics: Metrics,
     batcher: BatchingEmbedder,
+    *,
+    cpu_stages: AbstractContextManager[object] | None = None,
 ) -> FaceService:
     """Enroll / identify / verify on the loaded models and the gallery (server and CLI).
 
-    ``batcher`` (``start_batcher``) embeds every face; the caller closes it."""
+    ``batcher`` (``start_batcher``) embeds every face; the caller closes it.
+    ``cpu_stages``: the CPU slots to share (another generation's), else new ones."""
     manifest = recognizer.manifest
     assert manifest.thresholds is not None  # the manifest validator requires it
     face_detector = build_detector(detector)
@@ -227,7 +246,7 @@ def build_service(
         store_aligned_crops=settings.store_aligned_crops,
         probe=declared_pixels,
         max_request_pixels=settings.max_request_pixels,
-        cpu_stages=threading.BoundedSemaphore(settings.resolved_inference_workers()),
+        cpu_stages=cpu_stages or threading.BoundedSemaphore(settings.resolved_inference_workers()),
         thresholds=thresholds,
         lookalikes=LookalikeReports(
             gallery, max_faces=settings.lookalike_max_faces, keep=settings.lookalike_keep
@@ -249,6 +268,11 @@ def start_batcher(
 
 
 def build_runtime(settings: Settings) -> Runtime:
+    if settings.database_url is None:
+        generations = EmbeddedGenerations(settings.data_dir)
+        generations.reconcile()
+        generations.discard_unfinished()
+    settings, generation = serving_settings(settings)
     detector, recognizer = load_models(settings)
     manifest = recognizer.manifest
     # Invariant: the manifest validator requires it for recognizers.
@@ -274,9 +298,25 @@ def build_runtime(settings: Settings) -> Runtime:
             database.close()
         raise
     metrics = Metrics()
-    metrics.watch_gallery(gallery.stats)
     batcher = start_batcher(settings, recognizer, metrics)
     service = build_service(settings, detector, recognizer, gallery, metrics, batcher)
+    switcher = None
+    if isinstance(gallery, EmbeddedGallery):
+        generation = generation or origin_generation(settings, recognizer)
+        switcher = ModelSwitcher(
+            EmbeddedGenerations(settings.data_dir),
+            Serving(generation, recognizer, gallery, batcher, service),
+            open_serving=partial(open_serving, settings, detector, metrics),
+            models_dir=settings.models_dir,
+            store_aligned_crops=settings.store_aligned_crops,
+            pacing=SyncPacing(settings.swap_batch_size, settings.swap_pause_ms / 1000),
+        )
+        metrics.watch_gallery(partial(_active_gallery_stats, switcher))
+        metrics.watch_swap(
+            partial(_swap_figures, switcher), lambda: switcher.active.generation.number
+        )
+    else:
+        metrics.watch_gallery(gallery.stats)
     # Requests inside the service at once: one per CPU-stage slot, and as many
     # again waiting for the recognizer with their slots given back.
     inside = 2 * settings.resolved_inference_workers()
@@ -298,7 +338,146 @@ def build_runtime(settings: Settings) -> Runtime:
         turns=turns,
         database=database,
         batcher=batcher,
+        generation=generation,
+        switcher=switcher,
     )
+
+
+# --- gallery generations (model swap, embedded backend; app.swap) --------------------
+
+
+def serving_settings(settings: Settings) -> tuple[Settings, Generation | None]:
+    """``settings`` with the recognizer of the active gallery generation, and that one.
+
+    After a model swap the active generation's recognizer serves, whatever
+    FACEREC_RECOGNIZER says (a warning names both when they differ): its gallery
+    holds that model's embeddings only. Its manifest must still be the file that was
+    activated (sha256), else start-up stops here."""
+    if settings.database_url is not None:
+        return settings, None
+    generations = EmbeddedGenerations(settings.data_dir)
+    pointer = generations.active()
+    if pointer is None:
+        return settings, None
+    generation = generations.get(pointer.generation)
+    path = Path(generation.manifest_path)
+    if not path.is_file() or file_sha256(path) != generation.manifest_sha256:
+        raise ModelChecksumMismatch(
+            f"gallery generation {generation.number} serves {generation.model_id} from "
+            f"{path}, which is missing or changed since it was activated; restore that "
+            "manifest, or roll back to another generation",
+            path=str(path),
+        )
+    try:
+        configured = resolve_manifest(settings.recognizer, settings.catalog_dir)[0].model_id
+    except Exception:  # reported by the warning below; the generation's model serves
+        configured = settings.recognizer
+    if configured != generation.model_id:
+        logger.warning(
+            "FACEREC_RECOGNIZER=%s is not the recognizer of the active gallery generation "
+            "%d: serving %s from %s (activated %s), which the gallery was embedded with. "
+            "Switch models with POST /admin/models/activate or `facerec models activate`",
+            settings.recognizer,
+            generation.number,
+            generation.model_id,
+            path,
+            pointer.activated_at.isoformat(),
+        )
+    return settings.model_copy(update={"recognizer": str(path)}), generation
+
+
+def origin_generation(settings: Settings, recognizer: LoadedModel) -> Generation:
+    """Generation 0 (a gallery never swapped), served by the configured recognizer."""
+    manifest = recognizer.manifest
+    assert manifest.embedding_dim is not None  # the manifest validator requires it
+    generations = EmbeddedGenerations(settings.data_dir)
+    if generations.has(0) and generations.get(0).model_id == manifest.model_id:
+        return generations.get(0)
+    _, path = resolve_manifest(settings.recognizer, settings.catalog_dir)
+    return Generation(
+        number=0,
+        model_id=manifest.model_id,
+        dim=manifest.embedding_dim,
+        manifest_path=str(path.resolve()),
+        manifest_sha256=file_sha256(path),
+        created_at=utc_now(),
+        created_by=None,
+    )
+
+
+def open_serving(
+    settings: Settings,
+    detector: LoadedModel,
+    metrics: Metrics,
+    generation: Generation,
+    active: Serving,
+) -> Serving:
+    """A generation's recognizer, gallery, batcher and use cases (a swap's target)."""
+    _, recognizer_options = engine_options(settings)
+    recognizer = load_model(
+        generation.manifest_path,
+        "recognizer",
+        models_dir=settings.models_dir,
+        catalog_dir=settings.catalog_dir,
+        options=recognizer_options,
+    )
+    if recognizer.manifest.model_id != generation.model_id:
+        raise ModelSwapRejected(
+            f"{generation.manifest_path} now describes {recognizer.manifest.model_id}, "
+            f"not {generation.model_id}",
+            reason="manifest_changed",
+        )
+    gallery = EmbeddedGallery(
+        EmbeddedGenerations(settings.data_dir).gallery_dir(generation.number),
+        model_id=generation.model_id,
+        dim=generation.dim,
+    )
+    try:
+        batcher = start_batcher(settings, recognizer, metrics)
+    except BaseException:
+        gallery.close()
+        raise
+    service = build_service(
+        settings,
+        detector,
+        recognizer,
+        gallery,
+        metrics,
+        batcher,
+        cpu_stages=active.service.cpu_stages,
+    )
+    return Serving(generation, recognizer, gallery, batcher, service)
+
+
+def _swap_figures(switcher: ModelSwitcher) -> tuple[int, int, bool]:
+    progress = switcher.progress()
+    if progress is None:
+        return 0, 0, False
+    return progress.faces_done, progress.faces_total, progress.running
+
+
+def _active_gallery_stats(switcher: ModelSwitcher) -> dict[str, int]:
+    return switcher.active.gallery.stats()
+
+
+def publish_serving(app: FastAPI, serving: Serving) -> None:
+    """Point the app at a generation that a swap made active: one reference each."""
+    runtime: Runtime = app.state.runtime
+    switched = replace(
+        runtime,
+        service=serving.service,
+        recognizer=serving.recognizer,
+        batcher=serving.batcher,
+        generation=serving.generation,
+        settings=runtime.settings.model_copy(
+            update={"recognizer": serving.generation.manifest_path}
+        ),
+    )
+    # Streams first: a request that read the old runtime and then sees the new hub's
+    # unknowns writes into the old, sealed gallery and is refused (model_switched);
+    # the other order could write old-model unknowns into the new gallery.
+    app.state.streams = build_stream_hub(switched, previous=app.state.streams)
+    app.state.runtime = switched
 
 
 def open_shared_database(settings: Settings) -> Database | None:
@@ -329,8 +508,11 @@ def _identification_threshold(service: FaceService, collection: str) -> float:
     return service.identification_threshold(collection, threshold=None, target_fpir=None).threshold
 
 
-def build_stream_hub(runtime: Runtime) -> StreamHub:
-    """Live recognition (/stream): shares the runtime's sessions, gallery and threshold."""
+def build_stream_hub(runtime: Runtime, *, previous: StreamHub | None = None) -> StreamHub:
+    """Live recognition (/stream): shares the runtime's sessions, gallery and threshold.
+
+    ``previous``: the hub before a model swap; its stream slots and metrics carry on
+    (streams already open keep the old engine until they reconnect)."""
     settings = runtime.settings
     unknowns = UnknownStore(
         capacity=settings.stream_unknown_capacity,
@@ -366,7 +548,9 @@ def build_stream_hub(runtime: Runtime) -> StreamHub:
     )
     return StreamHub(
         engine=engine,
-        slots=StreamSlots(settings.stream_max_concurrent, settings.stream_max_per_key),
+        slots=previous.slots
+        if previous
+        else StreamSlots(settings.stream_max_concurrent, settings.stream_max_per_key),
         max_frame_bytes=settings.stream_max_frame_bytes,
         timeouts=StreamTimeouts(
             idle_s=settings.stream_idle_timeout_s,
@@ -374,7 +558,9 @@ def build_stream_hub(runtime: Runtime) -> StreamHub:
             send_s=settings.stream_send_timeout_s,
         ),
         unknowns=unknowns,
-        metrics=StreamMetrics(runtime.metrics.registry, settings.stream_max_cameras),
+        metrics=previous.metrics
+        if previous
+        else StreamMetrics(runtime.metrics.registry, settings.stream_max_cameras),
     )
 
 
@@ -395,6 +581,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             app.state.runtime = runtime
         current: Runtime = app.state.runtime
         app.state.streams = build_stream_hub(current)
+        if current.switcher is not None:
+            current.switcher.attach(partial(publish_serving, app))
         logger.info(
             "ready: detector=%s recognizer=%s threshold=%.3f gallery=%d faces",
             current.detector.manifest.model_id,
@@ -405,7 +593,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         try:
             yield
         finally:
-            current.close()
+            latest: Runtime = app.state.runtime  # a model swap may have replaced it
+            latest.close()
 
     app = FastAPI(
         title="facerec",
@@ -460,6 +649,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(health_routes.router)
     app.include_router(key_routes.router)
     app.include_router(metrics_routes.router)
+    app.include_router(model_routes.router)
     app.include_router(stream_routes.router)
     app.include_router(page_routes.router)
     app.mount("/static", StaticFiles(directory=stream_routes.STATIC_DIR), name="static")

@@ -215,6 +215,10 @@ class ReadyResponse(BaseModel):
     collections: dict[str, int] | None = Field(
         None, description="faces per collection; admin keys only (or auth off)"
     )
+    generation: GenerationBrief | None = Field(
+        None, description="the gallery generation serving (embedded backend)"
+    )
+    swap: SwapBrief | None = Field(None, description="the current or last model swap job")
 
 
 # --- API keys ---------------------------------------------------------------------------
@@ -367,3 +371,72 @@ class LookalikeReportOut(BaseModel):
     total: int = Field(description="pairs in the report (at most FACEREC_LOOKALIKE_KEEP)")
     limit: int
     offset: int
+
+
+# --- model swap: gallery generations (POST /admin/models/...) ------------------------------
+
+
+class GenerationBrief(BaseModel):
+    number: int = Field(description="0: the gallery as created; each model swap adds one")
+    model_id: str = Field(description="the recognizer whose embeddings it holds")
+
+
+class SwapBrief(BaseModel):
+    action: Literal["activate", "rollback"]
+    state: Literal["loading", "copying", "switching", "done", "failed", "cancelled"]
+    target_generation: int | None
+    target_model_id: str
+    faces_done: int = Field(description="faces re-embedded into the target so far")
+    faces_total: int = Field(description="faces to re-embed (grows with enrollments meanwhile)")
+    error_code: str | None = Field(None, description="why it failed (stable code)")
+
+
+class SwapStatus(SwapBrief):
+    faces_removed: int = Field(description="faces deleted from the target (deleted meanwhile)")
+    faces_skipped: int = Field(description="faces without a stored crop: not re-embedded")
+    started_at: datetime
+    finished_at: datetime | None
+    requested_by: str | None = Field(description="the admin key id (null with keys off)")
+
+
+class ModelActivate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    manifest: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="absolute path of a recognizer manifest JSON on the server",
+    )
+    force: bool = Field(
+        False, description="activate even if the promotion gate decided against the candidate"
+    )
+
+
+class ActivationOut(BaseModel):
+    at: datetime
+    by: str | None = Field(description="the admin key id (null with keys off, or at start-up)")
+
+
+class GenerationOut(BaseModel):
+    number: int
+    model_id: str
+    dim: int
+    manifest_path: str
+    manifest_sha256: str = Field(description="of the manifest file, when it was activated")
+    created_at: datetime
+    created_by: str | None
+    activations: list[ActivationOut]
+    active: bool
+
+
+class GenerationList(BaseModel):
+    swap_supported: bool = Field(
+        description="false on the PostgreSQL backend: one implicit generation, no swaps"
+    )
+    active: int
+    previous: int | None = Field(description="where POST /admin/models/rollback returns")
+    generations: list[GenerationOut]
+    swap: SwapStatus | None
+
+
+ReadyResponse.model_rebuild()

@@ -35,6 +35,7 @@ import numpy as np
 from app.core.types import FloatArray, NewFace
 from app.errors import FaceRecError
 from app.gallery import open_gallery
+from app.gallery.embedded.generations import EmbeddedGenerations
 from app.inference.loader import build_embedder, load_model
 from app.inference.manifest import file_sha256
 from app.inference.session import RuntimeOptions
@@ -553,12 +554,14 @@ def run_reembed(args: argparse.Namespace) -> int:
     embedder = build_embedder(model)
     manifest = model.manifest
     assert manifest.embedding_dim is not None
-    old_id, old_dim = gallery_model(args.data_dir)
+    generations = EmbeddedGenerations(args.data_dir)
+    source_dir = generations.gallery_dir(generations.active_number())  # after a live swap
+    old_id, old_dim = gallery_model(source_dir)
     if args.out.exists() and any(args.out.iterdir()):
         raise ConfigError(f"{args.out} is not empty: re-embed into a new folder")
     copied = 0
     with (
-        closing(open_gallery(data_dir=args.data_dir, model_id=old_id, dim=old_dim)) as old,
+        closing(open_gallery(data_dir=source_dir, model_id=old_id, dim=old_dim)) as old,
         closing(
             open_gallery(data_dir=args.out, model_id=manifest.model_id, dim=manifest.embedding_dim)
         ) as new,

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from app.core.gallery import Gallery
 from app.gallery import open_gallery
+from app.gallery.embedded.generations import EmbeddedGenerations
 from training.config import FinetuneConfig
 from training.faces import FaceSet
 from training.gallery_data import (
@@ -60,7 +61,11 @@ def open_source_gallery(source: str, *, model_id: str, dim: int) -> Gallery:
     folder = Path(source)
     if not folder.is_dir():
         raise FileNotFoundError(f"no gallery folder at {folder}")
-    return open_gallery(data_dir=folder, model_id=model_id, dim=dim)
+    # After a model swap the faces live in the active generation (docs/training.md).
+    generations = EmbeddedGenerations(folder)
+    return open_gallery(
+        data_dir=generations.gallery_dir(generations.active_number()), model_id=model_id, dim=dim
+    )
 
 
 def read_collection(source: str, collection: str, *, model_id: str, dim: int) -> GalleryFaces:

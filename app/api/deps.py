@@ -5,7 +5,7 @@ Request bodies of the image endpoints are read by ``app.api.bodies``."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import anyio
@@ -13,7 +13,7 @@ from fastapi import Depends, Query, Request
 
 from app.api.limits import current_tenant
 from app.core.names import clean_name
-from app.errors import InvalidRequest
+from app.errors import GenerationRetired, InvalidRequest
 from app.schemas import ModelInfo
 
 if TYPE_CHECKING:
@@ -75,3 +75,18 @@ def model_info(runtime: Runtime) -> ModelInfo:
         detector=runtime.detector.manifest.model_id,
         recognizer=runtime.recognizer.manifest.model_id,
     )
+
+
+async def on_serving_runtime(
+    request: Request, runtime: Runtime, write: Callable[[Runtime], Awaitable[T]]
+) -> T:
+    """Run a gallery write on ``runtime``; if the recognizer switched while it waited at
+    the swap's write barrier (``GenerationRetired``: nothing was written), run it once
+    more on the runtime serving now, so the write lands in the new generation."""
+    try:
+        return await write(runtime)
+    except GenerationRetired:
+        current: Runtime = request.app.state.runtime
+        if current is runtime:
+            raise
+        return await write(current)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
-from app.api.deps import RuntimeDep, validate_subject
+from app.api.deps import RuntimeDep, on_serving_runtime, validate_subject
 from app.api.openapi import ACCESS_CODES, error_responses
 from app.auth.dependencies import AuthorizedCollection, Caller
 from app.auth.keys import ALL_COLLECTIONS
@@ -23,6 +23,9 @@ from app.schemas import (
     SubjectOut,
     SubjectPage,
 )
+
+if TYPE_CHECKING:
+    from app.main import Runtime
 
 router = APIRouter(tags=["gallery"], responses=error_responses(*ACCESS_CODES, "invalid_request"))
 NOT_FOUND: dict[int | str, dict[str, Any]] = error_responses("subject_not_found")
@@ -91,24 +94,32 @@ async def get_subject(
 
 @router.delete("/subjects/{subject}", response_model=DeleteSubjectResponse, responses=NOT_FOUND)
 async def delete_subject(
-    runtime: RuntimeDep, subject: SubjectPath, collection: AuthorizedCollection
+    request: Request, runtime: RuntimeDep, subject: SubjectPath, collection: AuthorizedCollection
 ) -> DeleteSubjectResponse:
     name = validate_subject(subject)
-    deleted = await anyio.to_thread.run_sync(
-        lambda: runtime.service.gallery.delete_subject(collection, name)
-    )
+
+    async def delete(serving: Runtime) -> int:
+        return await anyio.to_thread.run_sync(
+            lambda: serving.service.gallery.delete_subject(collection, name)
+        )
+
+    deleted = await on_serving_runtime(request, runtime, delete)
     return DeleteSubjectResponse(subject=name, deleted_faces=deleted)
 
 
 @router.delete("/faces/{face_id}", response_model=DeleteFaceResponse, responses=FACE_NOT_FOUND)
 async def delete_face(
+    request: Request,
     runtime: RuntimeDep,
     face_id: Annotated[str, Path(max_length=64)],
     collection: AuthorizedCollection,
 ) -> DeleteFaceResponse:
-    record = await anyio.to_thread.run_sync(
-        lambda: runtime.service.gallery.delete_face(collection, face_id)
-    )
+    async def delete(serving: Runtime) -> FaceRecord:
+        return await anyio.to_thread.run_sync(
+            lambda: serving.service.gallery.delete_face(collection, face_id)
+        )
+
+    record = await on_serving_runtime(request, runtime, delete)
     return DeleteFaceResponse(face_id=record.face_id, subject=record.subject)
 
 

@@ -45,11 +45,18 @@ STATUS_BY_ERROR: dict[type[errors.FaceRecError], int] = {
     errors.LowQuality: 422,
     errors.MatchesOtherSubject: 409,
     errors.CropNotFound: 404,
+    # model swap (gallery generations)
+    errors.ModelSwapRunning: 409,
+    errors.ModelSwapUnsupported: 409,
+    errors.ModelSwapRejected: 422,
+    errors.NoPreviousGeneration: 409,
+    errors.GenerationRetired: 503,
 }
 # Domain errors that are a client's answer even though their status is 5xx.
 CLIENT_VISIBLE_5XX: tuple[type[errors.FaceRecError], ...] = (
     errors.ServerBusy,
     errors.DatabaseUnavailable,
+    errors.GenerationRetired,
 )
 
 

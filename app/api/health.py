@@ -6,6 +6,7 @@ import anyio
 from fastapi import APIRouter, Request
 
 from app.api.deps import RuntimeDep
+from app.api.models import generation_brief, swap_brief
 from app.auth.dependencies import sees_gallery_detail
 from app.inference.loader import LoadedModel
 from app.schemas import HealthResponse, ModelReadiness, ReadyResponse
@@ -38,6 +39,7 @@ async def ready(runtime: RuntimeDep, request: Request) -> ReadyResponse:
     """Open. Collection names and sizes are tenants' data: they are listed only for an
     admin key (X-API-Key), or when API keys are off."""
     policy = runtime.service.thresholds
+    progress = None if runtime.switcher is None else runtime.switcher.progress()
     response = ReadyResponse(
         status="ready",
         detector=_readiness(runtime.detector),
@@ -45,6 +47,8 @@ async def ready(runtime: RuntimeDep, request: Request) -> ReadyResponse:
         threshold=runtime.service.threshold,
         target_fpir=policy.config.default_target_fpir if policy else None,
         identify_thresholds=policy.describes if policy else None,
+        generation=None if runtime.generation is None else generation_brief(runtime.generation),
+        swap=None if progress is None else swap_brief(progress),
     )
     if not sees_gallery_detail(request):
         return response

@@ -53,6 +53,12 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "concurrency_limited": (429, "the key holds its share of the inference slots; see Retry-After"),
     "database_unavailable": (503, "the PostgreSQL gallery cannot be reached; see Retry-After"),
     "server_busy": (503, "every inference worker and queue slot is taken; see Retry-After"),
+    # model swap (gallery generations)
+    "model_swap_running": (409, "a model activation or rollback is already running"),
+    "model_swap_unsupported": (409, "this gallery backend cannot swap models while serving"),
+    "no_previous_generation": (409, "rollback: no earlier generation to return to"),
+    "model_swap_rejected": (422, "the manifest is not a usable recognizer (see details.reason)"),
+    "model_switched": (503, "the model switched during this write; nothing written, retry"),
 }
 # What an error response declared without codes can only mean, by status.
 _SOLE_CODE_OF_STATUS = {

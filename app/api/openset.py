@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 import anyio
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 
-from app.api.deps import COLLECTION_PATTERN, RuntimeDep, run_inference
+from app.api.deps import COLLECTION_PATTERN, RuntimeDep, on_serving_runtime, run_inference
 from app.api.openapi import error_responses
 from app.auth.dependencies import Caller
 from app.auth.guard import require_collection
 from app.core.lookalikes import LookalikeReport
-from app.core.thresholds import CollectionSettings
+from app.core.thresholds import CollectionSettings, CollectionSettingsStore, ThresholdPolicy
 from app.errors import InvalidRequest
 from app.schemas import (
     CollectionSettingsIn,
@@ -75,22 +75,37 @@ async def get_settings(
     summary="Set a collection's target FPIR",
 )
 async def put_settings(
-    runtime: RuntimeDep, caller: Caller, collection: CollectionPath, body: CollectionSettingsIn
+    request: Request,
+    runtime: RuntimeDep,
+    caller: Caller,
+    collection: CollectionPath,
+    body: CollectionSettingsIn,
 ) -> CollectionSettingsOut:
     """Store the collection's target false positive identification rate (null: back to
     the service default). Durable, and seen by every replica within a second."""
     require_collection(caller, collection)
+    _settings_policy(runtime)
+
+    async def apply(serving: Runtime) -> CollectionSettingsOut:
+        def write() -> CollectionSettingsOut:
+            policy, store = _settings_policy(serving)
+            store.set_collection_settings(
+                collection, CollectionSettings(target_fpir=body.target_fpir)
+            )
+            policy.forget(collection)
+            return _settings_out(serving, collection)
+
+        return await anyio.to_thread.run_sync(write)
+
+    # A model swap may switch generations while the write waits: it then lands in the new one.
+    return await on_serving_runtime(request, runtime, apply)
+
+
+def _settings_policy(runtime: Runtime) -> tuple[ThresholdPolicy, CollectionSettingsStore]:
     policy = runtime.service.thresholds
     if policy is None or policy.store is None:
         raise InvalidRequest("this gallery backend keeps no per-collection settings")
-    store = policy.store
-
-    def apply() -> CollectionSettingsOut:
-        store.set_collection_settings(collection, CollectionSettings(target_fpir=body.target_fpir))
-        policy.forget(collection)
-        return _settings_out(runtime, collection)
-
-    return await anyio.to_thread.run_sync(apply)
+    return policy, policy.store
 
 
 @router.get(

@@ -22,7 +22,14 @@ from app.api.bodies import (
     require_images,
     validate_fields,
 )
-from app.api.deps import CollectionParam, RuntimeDep, model_info, run_inference, validate_subject
+from app.api.deps import (
+    CollectionParam,
+    RuntimeDep,
+    model_info,
+    on_serving_runtime,
+    run_inference,
+    validate_subject,
+)
 from app.api.openapi import ACCESS_CODES, IMAGE_CODES, error_responses
 from app.auth.dependencies import AuthorizedCollection, Caller, authenticated
 from app.auth.guard import require_collection
@@ -228,8 +235,13 @@ async def enroll(
         )
     else:
         uploads = [(upload.name, upload.data) for upload in require_images(body, "images")]
-        result = await _enroll_photos(
-            runtime, collection, name, uploads, fields.face_policy, strict=fields.strict
+        policy, strict = fields.face_policy, fields.strict
+        result = await on_serving_runtime(
+            request,
+            runtime,
+            lambda serving: _enroll_photos(
+                serving, collection, name, uploads, policy, strict=strict
+            ),
         )
     return EnrollResponse(
         collection=collection,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from functools import wraps
+from functools import partial, wraps
 from typing import ParamSpec, TypeVar
 
 from prometheus_client import (
@@ -139,6 +139,27 @@ class Metrics:
         )
         queued.set_function(waiting)
 
+    def watch_swap(
+        self,
+        faces: Callable[[], tuple[int, int, bool]],
+        generation: Callable[[], int],
+    ) -> None:
+        """A model swap's progress: (faces re-embedded, faces to re-embed, running), and
+        the gallery generation serving (read at scrape time)."""
+        for name, help_text, pick in (
+            ("facerec_swap_faces_done", "Faces re-embedded by the current or last model swap", 0),
+            ("facerec_swap_faces_total", "Faces the current or last model swap re-embeds", 1),
+            ("facerec_swap_running", "1 while a model activation or rollback runs", 2),
+        ):
+            gauge = Gauge(name, help_text, registry=self.registry)
+            gauge.set_function(partial(_figure, faces, pick))
+        active = Gauge(
+            "facerec_gallery_generation",
+            "The gallery generation serving (0 before any model swap)",
+            registry=self.registry,
+        )
+        active.set_function(lambda: float(generation()))
+
     def error(self, code: str) -> None:
         self.errors.labels(code).inc()
 
@@ -146,6 +167,10 @@ class Metrics:
         """The exposition; with ``gallery_detail``, faces per collection too."""
         body = generate_latest(self.registry)
         return body + generate_latest(self.gallery_registry) if gallery_detail else body
+
+
+def _figure(faces: Callable[[], tuple[int, int, bool]], pick: int) -> float:
+    return float(faces()[pick])
 
 
 def timed(metrics: Metrics, stage: str, function: Callable[P, T]) -> Callable[P, T]:

@@ -140,6 +140,62 @@ def rate_limited(request: Callable[[httpx.Client], httpx.Response]) -> Scenario:
 
 params = {"collection": COLLECTION}
 SETTINGS = "/collections/{collection}/settings"
+MANIFESTS = Path(__file__).resolve().parents[2] / "models" / "manifests"
+# The main server switches between these two real recognizers (same ONNX file).
+RECOGNIZERS = (MANIFESTS / "w600k_mbf_int8.json", MANIFESTS / "w600k_mbf_int8_fast.json")
+
+
+def swap_finished(world: World) -> None:
+    """Wait for the main server's model swap job to end (it must end done)."""
+    while True:
+        swap = world.main.get("/ready").json().get("swap") or {}
+        if swap.get("state") not in ("loading", "copying", "switching"):
+            assert swap.get("state") in (None, "done"), swap
+            return
+        time.sleep(0.1)
+
+
+def activate_other(world: World) -> httpx.Response:
+    """Activate whichever of ``RECOGNIZERS`` is not serving on the main server."""
+    swap_finished(world)
+    serving = world.main.get("/ready").json()["recognizer"]["name"]
+    manifest = next(path for path in RECOGNIZERS if path.stem != serving)
+    return world.main.post("/admin/models/activate", json={"manifest": str(manifest)})
+
+
+def activated(world: World) -> httpx.Response:
+    response = activate_other(world)
+    swap_finished(world)
+    return response
+
+
+def activated_twice(world: World) -> httpx.Response:
+    """The second of two activations: 409 while the first runs."""
+    first = activate_other(world)
+    assert first.status_code == 202, first.text
+    second = world.main.post("/admin/models/activate", json={"manifest": str(RECOGNIZERS[0])})
+    swap_finished(world)
+    return second
+
+
+def rolled_back(world: World) -> httpx.Response:
+    if world.main.get("/admin/models").json()["previous"] is None:
+        assert activated(world).status_code == 202
+    swap_finished(world)
+    response = world.main.post("/admin/models/rollback")
+    swap_finished(world)
+    return response
+
+
+def rollback_while_activating(world: World) -> httpx.Response:
+    """409: an activation is still loading its model when the rollback arrives."""
+    first = activate_other(world)
+    assert first.status_code == 202, first.text
+    response = world.main.post("/admin/models/rollback")
+    swap_finished(world)
+    return response
+
+
 LOOKALIKES = "/collections/{collection}/lookalikes"
 
 
@@ -388,6 +444,36 @@ SCENARIOS: dict[tuple[str, str, int], list[Scenario]] = {
     # --- health --------------------------------------------------------------------------
     ("get", "/health", 200): [lambda w: w.anonymous.get("/health")],
     ("get", "/ready", 200): [lambda w: w.anonymous.get("/ready")],
+    # --- model swap ----------------------------------------------------------------------
+    ("post", "/admin/models/activate", 202): [activated],
+    ("post", "/admin/models/activate", 400): [malformed("/admin/models/activate")],
+    ("post", "/admin/models/activate", 401): [
+        lambda w: w.anonymous.post("/admin/models/activate", json={"manifest": "/x.json"})
+    ],
+    ("post", "/admin/models/activate", 403): [
+        lambda w: w.scoped.post("/admin/models/activate", json={"manifest": "/x.json"})
+    ],
+    ("post", "/admin/models/activate", 409): [activated_twice],
+    ("post", "/admin/models/activate", 422): [
+        lambda w: w.main.post("/admin/models/activate", json={}),
+        lambda w: w.main.post("/admin/models/activate", json={"manifest": "relative.json"}),
+        lambda w: w.main.post("/admin/models/activate", json={"manifest": "/etc/hostname"}),
+    ],
+    ("post", "/admin/models/activate", 429): [
+        rate_limited(lambda c: c.post("/admin/models/activate", json={"manifest": "/x.json"}))
+    ],
+    ("post", "/admin/models/rollback", 202): [rolled_back],
+    ("post", "/admin/models/rollback", 401): [lambda w: w.anonymous.post("/admin/models/rollback")],
+    ("post", "/admin/models/rollback", 403): [lambda w: w.scoped.post("/admin/models/rollback")],
+    ("post", "/admin/models/rollback", 409): [rollback_while_activating],
+    ("post", "/admin/models/rollback", 422): [lambda w: w.open.post("/admin/models/rollback")],
+    ("post", "/admin/models/rollback", 429): [
+        rate_limited(lambda c: c.post("/admin/models/rollback"))
+    ],
+    ("get", "/admin/models", 200): [lambda w: w.main.get("/admin/models")],
+    ("get", "/admin/models", 401): [lambda w: w.anonymous.get("/admin/models")],
+    ("get", "/admin/models", 403): [lambda w: w.scoped.get("/admin/models")],
+    ("get", "/admin/models", 429): [rate_limited(lambda c: c.get("/admin/models"))],
     # --- keys ----------------------------------------------------------------------------
     ("post", "/keys", 201): [
         lambda w: w.main.post("/keys", json={"name": "truth", "collections": [OTHER]})

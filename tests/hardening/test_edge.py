@@ -433,7 +433,9 @@ def test_ready_and_metrics_name_no_collection_without_an_admin_key(edge: Edge) -
             "threshold",
             "target_fpir",
             "identify_thresholds",
+            "generation",  # the gallery generation's number and model id: no tenant data
         }
+        assert set(ready.json()["generation"]) == {"number", "model_id"}
         assert metrics.status_code == 200
         assert "alpha" not in metrics.text
         assert "facerec_gallery_faces" not in metrics.text

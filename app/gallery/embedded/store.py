@@ -49,6 +49,7 @@ from app.gallery.embedded.dirlock import DirectoryLock
 from app.gallery.embedded.index import CollectionIndex
 from app.gallery.embedded.rebuild import CHUNK, Rebuild
 from app.gallery.embedded.recovery import Recovery, build_from_database, recover_indexes
+from app.gallery.embedded.replica import ReplicaMixin
 from app.gallery.embedded.rwlock import ReadWriteLock
 from app.gallery.embedded.schema import DB_FILENAME, connect, ensure_schema
 from app.gallery.embedded.snapshotter import (
@@ -73,7 +74,7 @@ CROPS_PAGE_SIZE = 256
 FINISH_BELOW = 1024
 
 
-class EmbeddedGallery:
+class EmbeddedGallery(ReplicaMixin):
     """Faces of enrolled subjects, per collection, searchable by embedding."""
 
     def __init__(
@@ -99,6 +100,7 @@ class EmbeddedGallery:
         self._db_lock = threading.Lock()  # guards the connection
         self._index_lock = ReadWriteLock()  # guards self._indexes
         self._closed = False
+        self._sealed = False  # another generation serves: public writes refused (replica)
         self._versions: dict[str, int] = {}  # writes per collection since open
         self._snapshotter: SnapshotThread | None = None
         self._snapshotter_lock = threading.Lock()  # creating vs stopping the threads
@@ -195,6 +197,7 @@ class EmbeddedGallery:
         results: list[tuple[FaceRecord, bool]] = []
         added: list[tuple[int, FaceRecord, NewFace]] = []
         with self._write_lock:
+            self._require_writable()
             with self._db_lock:
                 self._require_open()
                 now = utc_now()
@@ -241,6 +244,7 @@ class EmbeddedGallery:
         if not faces:
             return BulkResult(added=0, existing=0)
         with self._write_lock:
+            self._require_writable()
             with self._db_lock:
                 self._require_open()
                 with transaction(self._db):
@@ -265,6 +269,7 @@ class EmbeddedGallery:
         require_text(collection, "collection")
         require_text(subject, "subject")
         with self._write_lock:
+            self._require_writable()
             with self._db_lock:
                 self._require_open()
                 with transaction(self._db):
@@ -280,6 +285,7 @@ class EmbeddedGallery:
         require_text(collection, "collection")
         require_text(face_id, "face_id")
         with self._write_lock:
+            self._require_writable()
             with self._db_lock:
                 self._require_open()
                 with transaction(self._db):
@@ -427,7 +433,8 @@ class EmbeddedGallery:
     def set_collection_settings(self, collection: str, settings: CollectionSettings) -> None:
         """Replace the collection's settings; committed (durably) when it returns."""
         require_text(collection, "collection")
-        with self._db_lock:
+        with self._write_lock, self._db_lock:
+            self._require_writable()
             self._require_open()
             with transaction(self._db):
                 self._db.execute(
