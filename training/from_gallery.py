@@ -2,8 +2,9 @@
 
 The gallery is opened through ``app.gallery.open_gallery`` only (either backend), bound
 to the base model's id and dim: a gallery of another recognizer is refused with
-``GalleryModelMismatch``. An embedded gallery is locked by the process holding it:
-stop the service first, or use the PostgreSQL backend, which many readers share.
+``GalleryModelMismatch``. An embedded gallery is read through ``GalleryReader`` (read
+only, one snapshot, beside the service that holds it: no need to stop it); a PostgreSQL
+one through ``open_gallery``, which many readers share.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from app.core.gallery import Gallery
 from app.gallery import open_gallery
 from app.gallery.embedded.generations import EmbeddedGenerations
+from app.gallery.embedded.reader import GalleryReader
 from training.config import FinetuneConfig
 from training.faces import FaceSet
 from training.gallery_data import (
+    EnrolledFaces,
     GalleryFaces,
     face_set,
     find_outliers,
@@ -54,8 +56,9 @@ def redact(source: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def open_source_gallery(source: str, *, model_id: str, dim: int) -> Gallery:
-    """A data folder or a ``postgresql://`` URL, opened for the recognizer ``model_id``."""
+def open_source_gallery(source: str, *, model_id: str, dim: int) -> EnrolledFaces:
+    """A data folder (read only, while the service may run) or a ``postgresql://`` URL,
+    opened for the recognizer ``model_id``."""
     if is_database_url(source):
         return open_gallery(data_dir=Path("."), model_id=model_id, dim=dim, database_url=source)
     folder = Path(source)
@@ -63,8 +66,8 @@ def open_source_gallery(source: str, *, model_id: str, dim: int) -> Gallery:
         raise FileNotFoundError(f"no gallery folder at {folder}")
     # After a model swap the faces live in the active generation (docs/training.md).
     generations = EmbeddedGenerations(folder)
-    return open_gallery(
-        data_dir=generations.gallery_dir(generations.active_number()), model_id=model_id, dim=dim
+    return GalleryReader(
+        generations.gallery_dir(generations.active_number()), model_id=model_id, dim=dim
     )
 
 

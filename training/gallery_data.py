@@ -20,17 +20,17 @@ numpy only: no PyTorch (the promotion gate and the service import this too).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import numpy as np
 from numpy.typing import NDArray
 
-from app.core.gallery import Gallery
-from app.core.types import FloatArray
+from app.core.gallery import EmbeddingBatch
+from app.core.types import FaceRecord, FloatArray
 from app.inference.align import ARCFACE_SIZE
 from app.inference.image import decode_image
 from training.faces import FaceSet, pose_of, split_identities
@@ -80,7 +80,25 @@ class OutlierScan:
     impostor_scores: int
 
 
-def read_gallery_faces(gallery: Gallery, collection: str) -> GalleryFaces:
+class EnrolledFaces(Protocol):
+    """What reading a gallery's enrolled faces needs: the ``Gallery`` protocol's export
+    side, which ``app.gallery.embedded.reader.GalleryReader`` also provides."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def export_embeddings(
+        self, collection: str, *, batch_size: int
+    ) -> Iterator[EmbeddingBatch]: ...
+
+    def aligned_crops(
+        self, collection: str | None = None
+    ) -> Iterator[tuple[FaceRecord, bytes]]: ...
+
+    def close(self) -> None: ...
+
+
+def read_gallery_faces(gallery: EnrolledFaces, collection: str) -> GalleryFaces:
     """Every face of ``collection`` with its stored crop and embedding, in face order."""
     stored: dict[str, FloatArray] = {}
     for batch in gallery.export_embeddings(collection, batch_size=EXPORT_BATCH):

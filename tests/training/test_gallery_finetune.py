@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import make_settings
 from tests.dependencies import require
+from tests.training.lfw import mini_lfw as make_mini_lfw
 
 torch = require("torch", "the [train] extra")
 
@@ -109,24 +110,7 @@ def test_outlier_rejection_flags_the_poisoned_photo_and_leaves_it_out(
 
 @pytest.fixture(scope="module")
 def mini_lfw(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """LFW View 2 cut to 2 same + 2 different pairs per fold (real images)."""
-    lines = (data_root / "lfw" / "pairs.txt").read_text(encoding="utf-8").splitlines()
-    per_fold = int(lines[0].split()[1])
-    kept = []
-    for fold in range(10):
-        start = 1 + fold * 2 * per_fold
-        kept += lines[start : start + 2] + lines[start + per_fold : start + per_fold + 2]
-    root = tmp_path_factory.mktemp("lfw")
-    (root / "pairs.txt").write_text("10 2\n" + "\n".join(kept) + "\n", encoding="utf-8")
-    (root / "images").mkdir()
-    for line in kept:
-        fields = line.split()
-        names = [fields[0]] if len(fields) == 3 else [fields[0], fields[2]]
-        for name in names:
-            target = root / "images" / name
-            if not target.exists():
-                shutil.copytree(data_root / "lfw" / "images" / name, target)
-    return root
+    return make_mini_lfw(data_root, tmp_path_factory.mktemp("lfw"))
 
 
 @pytest.fixture(scope="module")

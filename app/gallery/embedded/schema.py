@@ -55,6 +55,31 @@ def ensure_schema(
             _migrate(connection, version)
 
 
+def check_readable(
+    connection: sqlite3.Connection, db_path: Path, *, model_id: str, dim: int
+) -> None:
+    """Check, without writing, that an existing gallery is of this build's schema and of
+    ``model_id`` / ``dim`` (a reader cannot migrate an older schema: the service does)."""
+    try:
+        meta = {
+            row["key"]: row["value"] for row in connection.execute("SELECT key, value FROM meta")
+        }
+    except sqlite3.DatabaseError as exc:
+        raise GalleryUnavailable(
+            f"{db_path} is not a readable facerec gallery ({exc})", path=str(db_path)
+        ) from None
+    version = _check_version(meta, db_path)
+    _check_model(meta, db_path, model_id=model_id, dim=dim)
+    if version < SCHEMA_VERSION:
+        raise GalleryUnavailable(
+            f"{db_path} has gallery schema version {version}; this build reads version "
+            f"{SCHEMA_VERSION}: start the service on it once to upgrade it",
+            path=str(db_path),
+            schema_version=version,
+            supported_version=SCHEMA_VERSION,
+        )
+
+
 def _create(connection: sqlite3.Connection, *, model_id: str, dim: int) -> None:
     for migration in MIGRATIONS:
         for statement in migration:
