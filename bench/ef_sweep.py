@@ -34,15 +34,7 @@ from app.config import Settings
 from app.gallery.embedded.index import CollectionIndex
 from app.gallery.embedded.snapshot import SNAPSHOT_DIRNAME, read_indexes, read_manifest
 from app.gallery.embedded.vectors import DEFAULT_POLICY, IndexPolicy
-from bench.common import (
-    REPO_ROOT,
-    add_model_arguments,
-    format_table,
-    machine_description,
-    model_overrides,
-    print_machine,
-    write_json,
-)
+from bench import common
 from bench.probes import split_probe_set, subject_of
 from bench.real_faces import load_real_faces
 from bench.scale import COLLECTION
@@ -115,18 +107,18 @@ def sweep(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    add_model_arguments(parser)
+    common.add_model_arguments(parser)
     parser.add_argument("--gallery", type=Path, required=True, help="a kept gallery directory")
     parser.add_argument("--ef", default="256,384,512,768,1024", help="efSearch values")
     parser.add_argument("--timed", type=int, default=300, help="queries timed per value")
     parser.add_argument("--seed", type=int, default=20261201, help="bench.scale's")
-    parser.add_argument("--cache-dir", type=Path, default=REPO_ROOT / "bench/results/scale")
+    parser.add_argument("--cache-dir", type=Path, default=common.REPO_ROOT / "bench/results/scale")
     args = parser.parse_args(argv)
-    machine = machine_description()
-    print_machine(machine)
+    machine = common.machine_description()
+    common.print_machine(machine)
     faiss.omp_set_num_threads(1)
     settings = Settings(models_dir=args.models_dir, auth=False, log_level="WARNING").model_copy(
-        update=model_overrides(args)
+        update=common.model_overrides(args)
     )
     faces = load_real_faces(settings, args.data_root, args.cache_dir)
     probes = split_probe_set(faces, seed=args.seed).probes
@@ -137,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     efs = [int(value) for value in args.ef.split(",")]
     rows = sweep(index, probes.embeddings, truths, efs, args.timed)
     print(
-        format_table(
+        common.format_table(
             ["efSearch", "recall@1", "exact", "vs exact", "top-1 agree", "p50 ms", "p99 ms"],
             [
                 [
@@ -154,10 +146,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     )
     print(f"shipped rule at {size} faces: efSearch {DEFAULT_POLICY.ef_search_for(size)}")
-    end = machine_description()
-    print_machine(end)
+    end = common.machine_description()
+    common.print_machine(end)
     if args.json_out:
-        write_json(args.json_out, {"machine": [machine, end], "faces": size, "rows": rows})
+        common.write_json(args.json_out, {"machine": [machine, end], "faces": size, "rows": rows})
 
 
 if __name__ == "__main__":
