@@ -55,12 +55,14 @@ class IndexPolicy:
     # (raised to the number of neighbours asked for). At 100k faces ef=128 kept only
     # 98.3% of exact recall@1, ef=256 99.9%.
     hnsw_ef_search: int = 256
-    # Above this many live faces the candidate list grows with the square root of the
-    # collection's size (``ef_search_for``): at 1M faces a fixed ef=256 kept only 96.8%
-    # of exact recall@1 (docs/scale.md has the sweep that chose the rule).
+    # Above this many live faces the candidate list grows in proportion to the
+    # collection's size (``ef_search_for``). Measured on one 1M-face graph
+    # (``bench/ef_sweep.py``, docs/scale.md): ef=256 kept 91.8% of exact recall@1, 816
+    # (square-root growth) 98.8%, 1024 99.3%, 1536 99.6%, 2048 99.7%.
     hnsw_ef_reference_faces: int = 100_000
-    # ... but never beyond this (search time grows about linearly with ef).
-    hnsw_ef_search_max: int = 1024
+    # ... up to this (reached at 800k faces): search time grows about linearly with ef,
+    # 11 ms a query at 2048 on one busy core, and beyond 1M nothing was measured.
+    hnsw_ef_search_max: int = 2048
     # Neighbour lists longer than this are computed exactly instead (a query whose
     # top_k subjects hide behind thousands of faces of a few subjects).
     max_ann_neighbours: int = 2048
@@ -84,12 +86,12 @@ class IndexPolicy:
         """HNSW candidates per search in a collection of ``live_faces``.
 
         ``hnsw_ef_search`` up to ``hnsw_ef_reference_faces``, then
-        ``hnsw_ef_search * sqrt(live_faces / hnsw_ef_reference_faces)`` rounded up to a
+        ``hnsw_ef_search * live_faces / hnsw_ef_reference_faces`` rounded up to a
         multiple of 16, capped at ``hnsw_ef_search_max``. Non-decreasing in ``live_faces``.
         """
         if live_faces <= self.hnsw_ef_reference_faces:
             return self.hnsw_ef_search
-        grown = self.hnsw_ef_search * math.sqrt(live_faces / self.hnsw_ef_reference_faces)
+        grown = self.hnsw_ef_search * live_faces / self.hnsw_ef_reference_faces
         return min(self.hnsw_ef_search_max, _EF_STEP * math.ceil(grown / _EF_STEP))
 
     def kind_for(self, live_faces: int, current: IndexKind) -> IndexKind:
