@@ -33,6 +33,7 @@ from bench.openset_scale import best_hits
 from bench.probes import ProbeSet, subject_of
 
 POISSON_LEVEL = 0.95
+MAX_LISTED = 20  # false matches listed by name in the JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +70,11 @@ def open_set_rates(
     """FPIR of every stranger photo and FNIR of every probe photo at ``applied``; and
     every probe's top subject (for recall@1 over all probes)."""
     threshold = applied.threshold
-    stranger_best, _ = best_hits(gallery, split.strangers.embeddings, collection=collection)
-    false = int(np.count_nonzero(stranger_best >= threshold))
+    stranger_best, stranger_subjects = best_hits(
+        gallery, split.strangers.embeddings, collection=collection
+    )
+    matched = np.flatnonzero(stranger_best >= threshold)
+    false = len(matched)
     strangers = len(split.strangers)
     low, high = poisson_interval(false)
     probe_best, probe_subjects = best_hits(gallery, split.probes.embeddings, collection=collection)
@@ -90,6 +94,11 @@ def open_set_rates(
         "fpir_95": [low / strangers, high / strangers],
         "enrolled_probes": len(truths),
         "fnir": float(1 - right.mean()),
+        # Who they are: label noise in the data shows up here (one person, two names).
+        "false_match_list": [
+            [split.strangers.paths[row], stranger_subjects[row], float(stranger_best[row])]
+            for row in matched[:MAX_LISTED]
+        ],
         "stranger_best_quantiles": [
             float(value) for value in np.quantile(stranger_best, (0.5, 0.99, 0.999))
         ],

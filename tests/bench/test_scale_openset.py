@@ -204,6 +204,10 @@ def test_open_set_rates_count_strangers_above_and_probes_below_the_threshold(
 
     assert (rates["false_matches"], rates["strangers"]) == (3, 40)
     assert rates["fpir"] == pytest.approx(3 / 40)
+    listed = [(path, subject) for path, subject, _ in rates["false_match_list"]]
+    assert listed == [
+        (strangers.paths[row], subject_of(names[mate])) for row, mate in enumerate((0, 5, 9))
+    ]
     assert rates["fnir"] == pytest.approx(10 / 20)
     assert top[:10] == [subject_of(name) for name in names[:10]]
     low, high = rates["fpir_95"]

@@ -16,6 +16,8 @@ from app.gallery.embedded.vectors import DEFAULT_POLICY, FaissVectors, IndexKind
 from tests.gallery.conftest import DIM, MODEL_ID, NearVector, UnitVectors
 from tests.gallery.embedded.test_index_snapshots import enroll, top_subjects
 
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "scale.md"
+
 # Sizes across the range a collection can have, up to far beyond the benchmarked 1M.
 SIZES = [0, 1, 2, 19_999, 20_000, 99_999, 100_000, 100_001, 250_000, 400_000, 10**6, 10**7]
 
@@ -42,6 +44,21 @@ def test_ef_search_is_the_base_value_up_to_the_reference_size() -> None:
     for size in (0, policy.hnsw_min_faces, policy.hnsw_ef_reference_faces):
         assert policy.ef_search_for(size) == policy.hnsw_ef_search
     assert policy.ef_search_for(policy.hnsw_ef_reference_faces + 1) > policy.hnsw_ef_search
+
+
+def test_the_documented_search_effort_is_the_policys() -> None:
+    """docs/scale.md's efSearch table says what ``DEFAULT_POLICY`` does at those sizes."""
+    lines = DOCS.read_text(encoding="utf-8").splitlines()
+    header = next(line for line in lines if line.startswith("| live faces |"))
+    values = next(line for line in lines if line.startswith("| efSearch |"))
+
+    def numbers(line: str) -> list[int]:
+        return [int(cell.strip().replace(",", "")) for cell in line.strip("|").split("|")[1:]]
+
+    sizes, documented = numbers(header), numbers(values)
+
+    assert len(sizes) == len(documented) >= 3
+    assert documented == [DEFAULT_POLICY.ef_search_for(size) for size in sizes]
 
 
 @pytest.mark.parametrize("growth", [1.001, 1.5, 4, 16, 100])
