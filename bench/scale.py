@@ -757,6 +757,8 @@ def add_open_set(
         float(np.mean([m != probe.truth for m, probe in zip(matches, probes, strict=True)])), 4
     )
     row["open_set"] = rates
+    for path, subject, similarity in rates["false_match_list"]:
+        print(f"{size}: false match {path} -> {subject} ({similarity:.4f})")
     everyone = list(range(len(data.split.probes)))
     exact = exact_reference(data, size, everyone)
     truths = [subject_of(identity) for identity in data.split.probes.identities]
