@@ -128,12 +128,13 @@ def _face(name: str, embedding: NDArray[np.float32]) -> NewFace:
 
 
 def best_hits(
-    gallery: Any, embeddings: NDArray[np.float32]
+    gallery: Any, embeddings: NDArray[np.float32], *, collection: str = COLLECTION
 ) -> tuple[NDArray[np.float32], list[str]]:
+    """Best candidate's similarity (-1: none) and subject ('' : none) per embedding."""
     similarities: list[float] = []
     subjects: list[str] = []
     for start in range(0, len(embeddings), SEARCH_ROWS):
-        for hits in gallery.search(COLLECTION, embeddings[start : start + SEARCH_ROWS], 1):
+        for hits in gallery.search(collection, embeddings[start : start + SEARCH_ROWS], 1):
             similarities.append(hits[0].similarity if hits else -1.0)
             subjects.append(hits[0].subject if hits else "")
     return np.array(similarities, np.float32), subjects

@@ -64,6 +64,12 @@ from bench.distractors import (
 )
 from bench.probes import subject_of
 from bench.scale_data import ScaleData, load_scale_data
+from bench.scale_openset import (
+    OPEN_SET_HEADER,
+    AppliedThreshold,
+    format_open_set,
+    measure_open_set,
+)
 from bench.serving import ServerProcess
 
 COLLECTION = "scale"
@@ -92,6 +98,10 @@ class Backend(Protocol):
         """A place for the gallery of ``size`` faces, holding ``previous``' faces if any."""
         ...
 
+    def existing(self, size: int) -> Target:
+        """The gallery of ``size`` faces a previous ``--keep`` run left, untouched."""
+        ...
+
     def storage_bytes(self, target: Target) -> dict[str, int]: ...
 
 
@@ -110,6 +120,12 @@ class EmbeddedBackend:
         if previous is not None:
             shutil.copytree(Path(previous.settings["FACEREC_DATA_DIR"]), directory)
             (directory / "gallery.lock").unlink(missing_ok=True)
+        return Target(size, {"FACEREC_DATA_DIR": str(directory)}, COLLECTION)
+
+    def existing(self, size: int) -> Target:
+        directory = self._work_dir / f"gallery-{size}"
+        if not directory.is_dir():
+            raise SystemExit(f"--reuse: no kept gallery in {directory}")
         return Target(size, {"FACEREC_DATA_DIR": str(directory)}, COLLECTION)
 
     def storage_bytes(self, target: Target) -> dict[str, int]:
@@ -133,6 +149,9 @@ class PostgresBackend:
 
     def target(self, size: int, previous: Target | None) -> Target:
         return Target(size, {"FACEREC_DATABASE_URL": self._database_url}, f"{COLLECTION}{size}")
+
+    def existing(self, size: int) -> Target:
+        return self.target(size, None)
 
     def storage_bytes(self, target: Target) -> dict[str, int]:
         import psycopg  # the [postgres] extra
@@ -185,6 +204,11 @@ def build_galleries(
     built: list[BuiltGallery] = []
     previous: Target | None = None
     for size in sizes:
+        record = args.work_dir / f"build-{backend.name}-{size}.json"
+        if args.reuse:
+            built.append(reused_gallery(backend.existing(size), record, data))
+            previous = built[-1].target
+            continue
         target = backend.target(size, previous if backend.name == "embedded" else None)
         start = previous.size if previous is not None and backend.name == "embedded" else 0
         increment = args.work_dir / f"import-{size}.npz"
@@ -215,9 +239,40 @@ def build_galleries(
         gallery = BuiltGallery(target, size - start, float(found.group(3)), command_s)
         gallery.duplicates = int(found.group(2))
         gallery.storage = backend.storage_bytes(target)
+        write_json(record, {**build_record(gallery), "data": data.split.describe()})
         built.append(gallery)
         previous = target
     return built
+
+
+def build_record(gallery: BuiltGallery) -> dict[str, Any]:
+    return {
+        "imported_rows": gallery.imported_rows,
+        "import_s": gallery.import_s,
+        "command_s": gallery.command_s,
+        "duplicates": gallery.duplicates,
+        "storage": gallery.storage,
+    }
+
+
+def reused_gallery(target: Target, record: Path, data: ScaleData) -> BuiltGallery:
+    """A gallery kept by an earlier run of the same data, with that run's import figures."""
+    import json
+
+    if not record.is_file():
+        raise SystemExit(f"--reuse: {record} is missing (the gallery was not built with it)")
+    saved = json.loads(record.read_text(encoding="utf-8"))
+    if saved["data"] != data.split.describe():
+        raise SystemExit(f"--reuse: {record} was built from other data: {saved['data']}")
+    print(f"{target.size}: reusing the kept gallery (import figures from {record.name})")
+    return BuiltGallery(
+        target,
+        saved["imported_rows"],
+        saved["import_s"],
+        saved["command_s"],
+        saved["storage"],
+        saved["duplicates"],
+    )
 
 
 def run_cli(args: argparse.Namespace, target: Target, *command: str) -> str:
@@ -277,14 +332,26 @@ def load_probes(data: ScaleData, data_root: Path, limit: int | None) -> list[Pro
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one /identify said about the photo's largest face, and how long it took."""
+
+    latency_ms: float
+    top1: str | None  # best candidate (None: no face, or no candidate)
+    match: str | None  # the match at or above the threshold, else None
+    threshold: tuple[float, str, float | None, int]  # threshold, source, target, size
+
+
 @dataclass(slots=True)
 class Observed:
     latencies_ms: list[float] = field(default_factory=list)
     top1: dict[int, str | None] = field(default_factory=dict)  # probe number -> subject
+    match: dict[int, str | None] = field(default_factory=dict)  # probe number -> match
+    thresholds: list[tuple[float, str, float | None, int]] = field(default_factory=list)
 
 
-def identify(client: httpx.Client, probe: Probe, collection: str) -> tuple[float, str | None]:
-    """Latency (ms) of one /identify and the top candidate of the photo's largest face."""
+def identify(client: httpx.Client, probe: Probe, collection: str) -> Answer:
+    """One /identify of ``probe``: latency, top candidate and match of its largest face."""
     started = time.perf_counter()
     response = client.post(
         "/identify",
@@ -294,12 +361,20 @@ def identify(client: httpx.Client, probe: Probe, collection: str) -> tuple[float
     )
     elapsed = (time.perf_counter() - started) * 1e3
     response.raise_for_status()
-    faces = response.json()["faces"]
+    body = response.json()
+    threshold = (
+        float(body["threshold"]),
+        str(body["threshold_source"]),
+        body["target_fpir"],
+        int(body["gallery_size"]),
+    )
+    faces = body["faces"]
     if not faces:
-        return elapsed, None
+        return Answer(elapsed, None, None, threshold)
     largest = max(faces, key=lambda face: _area(face["bbox"]))
     candidates = largest["candidates"]
-    return elapsed, candidates[0]["subject"] if candidates else None
+    match = largest["match"]["subject"] if largest["match"] else None
+    return Answer(elapsed, candidates[0]["subject"] if candidates else None, match, threshold)
 
 
 def _area(bbox: Sequence[float]) -> float:
@@ -321,9 +396,11 @@ def measure_single_client(
                 identify(clients[size], probe, collection)
         for number, probe in enumerate(probes):
             for size, (_, collection) in servers.items():
-                latency, top = identify(clients[size], probe, collection)
-                observed[size].latencies_ms.append(latency)
-                observed[size].top1[number] = top
+                answer = identify(clients[size], probe, collection)
+                observed[size].latencies_ms.append(answer.latency_ms)
+                observed[size].top1[number] = answer.top1
+                observed[size].match[number] = answer.match
+                observed[size].thresholds.append(answer.threshold)
     finally:
         for client in clients.values():
             client.close()
@@ -362,8 +439,7 @@ def measure_concurrent(
                                 probe = work.get_nowait()
                             except queue.Empty:
                                 return
-                            latency, _ = identify(client, probe, name)
-                            latencies[out].append(latency)
+                            latencies[out].append(identify(client, probe, name).latency_ms)
                 except BaseException as error:
                     errors.append(error)
 
@@ -496,6 +572,17 @@ def print_similarity_report(report: dict[str, Any]) -> None:
     print(f"(distractor faces = normalise({report['centre_scale']:.3f} * centre + real deviation))")
 
 
+def ef_search_of(backend: str, size: int) -> int | None:
+    """The HNSW candidate list the embedded gallery's policy gives ``size`` faces."""
+    if backend != "embedded":
+        return None
+    from app.gallery.embedded.vectors import DEFAULT_POLICY, IndexKind
+
+    if DEFAULT_POLICY.kind_for(size, IndexKind.EXACT) is IndexKind.EXACT:
+        return None
+    return DEFAULT_POLICY.ef_search_for(size)
+
+
 def percentile(values: Sequence[float], level: float) -> float:
     return float(np.percentile(np.asarray(values), level)) if values else float("nan")
 
@@ -523,6 +610,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="galleries and server logs (replaced on every run)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the galleries afterwards")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="measure the galleries a --keep run left (same data), without importing again",
+    )
     args = parser.parse_args(argv)
     args.size_list = sorted(int(size) for size in args.sizes.split(","))
     if args.backend == "postgres" and not args.database_url:
@@ -612,12 +704,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                     float(np.mean([a == b for a, b in zip(http_top, exact.top1, strict=True)])), 4
                 ),
                 "probes_without_face": sum(top is None for top in http_top),
+                "ef_search": ef_search_of(args.backend, size),
                 "best_distractor_quantiles": quantiles(exact.best_distractor, (0.5, 0.9, 0.99)),
                 "own_mate_quantiles": quantiles(exact.own_mate, (0.01, 0.1, 0.5)),
             }
     finally:
         for server, _ in servers.values():
             server.stop()
+    for gallery in built:
+        add_open_set(results[gallery.target.size], gallery.target, data, single, probes)
     report(results, args)
     end = machine_description()
     print_machine(end)
@@ -635,6 +730,49 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.keep and args.backend == "embedded":
         for gallery in built:
             shutil.rmtree(gallery.target.settings["FACEREC_DATA_DIR"], ignore_errors=True)
+
+
+def add_open_set(
+    row: dict[str, Any],
+    target: Target,
+    data: ScaleData,
+    single: dict[int, Observed],
+    probes: Sequence[Probe],
+) -> None:
+    """FPIR/FNIR at the threshold the server reported, and recall@1 over every probe,
+    searched in-process in the gallery the (now stopped) server served."""
+    size = target.size
+    applied = AppliedThreshold.of(single[size].thresholds)
+    print(f"{size}: open-set search of {len(data.split.strangers)} strangers ...", flush=True)
+    rates, probe_top1 = measure_open_set(
+        target.settings,
+        target.collection,
+        data.split,
+        applied,
+        model_id=data.faces.model_id,
+        dim=data.faces.embeddings.shape[1],
+    )
+    matches = [single[size].match[number] for number in range(len(probes))]
+    rates["http_fnir"] = round(
+        float(np.mean([m != probe.truth for m, probe in zip(matches, probes, strict=True)])), 4
+    )
+    row["open_set"] = rates
+    for path, subject, similarity in rates["false_match_list"]:
+        print(f"{size}: false match {path} -> {subject} ({similarity:.4f})")
+    everyone = list(range(len(data.split.probes)))
+    exact = exact_reference(data, size, everyone)
+    truths = [subject_of(identity) for identity in data.split.probes.identities]
+    recall = float(np.mean([a == b for a, b in zip(probe_top1, truths, strict=True)]))
+    exact_recall = float(np.mean([a == b for a, b in zip(exact.top1, truths, strict=True)]))
+    row["all_probes"] = {
+        "probes": len(everyone),
+        "recall_at_1": round(recall, 4),
+        "exact_recall_at_1": round(exact_recall, 4),
+        "recall_vs_exact": round(recall / exact_recall, 4) if exact_recall else None,
+        "top1_agreement": round(
+            float(np.mean([a == b for a, b in zip(probe_top1, exact.top1, strict=True)])), 4
+        ),
+    }
 
 
 def report(results: dict[int, dict[str, Any]], args: argparse.Namespace) -> None:
@@ -662,6 +800,31 @@ def report(results: dict[int, dict[str, Any]], args: argparse.Namespace) -> None
                 ]
                 for size, row in sorted(results.items())
             ],
+        )
+    )
+    print("\nrecall@1 over every probe, searched in-process (the gallery's own search)")
+    print(
+        format_table(
+            ["faces", "HNSW ef", "probes", "recall@1", "exact", "vs exact", "top-1 agree"],
+            [
+                [
+                    size,
+                    row["ef_search"],
+                    row["all_probes"]["probes"],
+                    row["all_probes"]["recall_at_1"],
+                    row["all_probes"]["exact_recall_at_1"],
+                    row["all_probes"]["recall_vs_exact"],
+                    row["all_probes"]["top1_agreement"],
+                ]
+                for size, row in sorted(results.items())
+            ],
+        )
+    )
+    print("\nopen set at the threshold /identify reported (FPIR: Poisson 95% interval)")
+    print(
+        format_table(
+            OPEN_SET_HEADER,
+            [format_open_set(size, row["open_set"]) for size, row in sorted(results.items())],
         )
     )
     print("\nbuild and resources")

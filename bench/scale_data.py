@@ -22,7 +22,7 @@ from bench.probes import ProbeSet, split_probe_set, subject_of
 from bench.real_faces import RealFaces, load_real_faces
 
 # Bumped when the synthesis changes, so stale caches are not reused.
-DISTRACTOR_FORMAT = 1
+DISTRACTOR_FORMAT = 2  # 2: fitted on background identities only, strangers held out
 
 
 @dataclass(frozen=True, slots=True)

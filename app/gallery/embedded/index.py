@@ -183,11 +183,12 @@ class CollectionIndex:
         wanted = min(top_k, self._live_subjects)
         live = self._live_bitmap()
         neighbours = min(total, top_k * INITIAL_FACES_PER_SUBJECT)
+        ef_search = self._policy.ef_search_for(total)
         pending = list(range(len(queries)))
         while pending:
             exact = neighbours >= total or neighbours > self._policy.max_ann_neighbours
             similarities, positions = self._vectors.search(
-                queries[pending], neighbours, live, exact=exact
+                queries[pending], neighbours, live, exact=exact, ef_search=ef_search
             )
             still_short: list[int] = []
             for row, query in enumerate(pending):
@@ -279,7 +280,7 @@ class CollectionIndex:
     @classmethod
     def from_state(cls, state: IndexState, *, dim: int, policy: IndexPolicy) -> CollectionIndex:
         """Rebuild an index from a snapshot's arrays, checking that they fit together."""
-        vectors = FaissVectors.adopt(state.faiss_index, dim=dim, policy=policy)
+        vectors = FaissVectors.adopt(state.faiss_index, dim=dim)
         count = vectors.count
         arrays: dict[str, np.ndarray[Any, Any]] = {
             "row_ids": state.row_ids,

@@ -13,6 +13,7 @@ with ``add`` (the gallery's readers-writer lock sees to that).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -50,9 +51,18 @@ class IndexPolicy:
     hnsw_m: int = 32
     # Candidate list while inserting: build time against graph quality.
     hnsw_ef_construction: int = 80
-    # Candidate list while searching (raised to the number of neighbours asked for).
-    # At 100k faces ef=128 kept only 98.3% of exact recall@1, ef=256 99.9%.
+    # Candidate list while searching, up to ``hnsw_ef_reference_faces`` live faces
+    # (raised to the number of neighbours asked for). At 100k faces ef=128 kept only
+    # 98.3% of exact recall@1, ef=256 99.9%.
     hnsw_ef_search: int = 256
+    # Above this many live faces the candidate list grows in proportion to the
+    # collection's size (``ef_search_for``). Measured on one 1M-face graph
+    # (``bench/ef_sweep.py``, docs/scale.md): ef=256 kept 91.8% of exact recall@1, 816
+    # (square-root growth) 98.8%, 1024 99.3%, 1536 99.6%, 2048 99.7%.
+    hnsw_ef_reference_faces: int = 100_000
+    # ... up to this (reached at 800k faces): search time grows about linearly with ef,
+    # 11 ms a query at 2048 on one busy core, and beyond 1M nothing was measured.
+    hnsw_ef_search_max: int = 2048
     # Neighbour lists longer than this are computed exactly instead (a query whose
     # top_k subjects hide behind thousands of faces of a few subjects).
     max_ann_neighbours: int = 2048
@@ -64,8 +74,25 @@ class IndexPolicy:
             raise ValueError(f"hnsw_min_faces must be at least 2, got {self.hnsw_min_faces}")
         if self.hnsw_m < 4 or self.hnsw_ef_construction < 1 or self.hnsw_ef_search < 1:
             raise ValueError("hnsw_m must be at least 4 and the ef values positive")
+        if self.hnsw_ef_reference_faces < 1 or self.hnsw_ef_search_max < self.hnsw_ef_search:
+            raise ValueError(
+                "hnsw_ef_reference_faces must be positive and hnsw_ef_search_max at least "
+                f"hnsw_ef_search ({self.hnsw_ef_search}), got {self.hnsw_ef_search_max}"
+            )
         if not 0 < self.max_dead_fraction < 1:
             raise ValueError(f"max_dead_fraction must be in (0, 1), got {self.max_dead_fraction}")
+
+    def ef_search_for(self, live_faces: int) -> int:
+        """HNSW candidates per search in a collection of ``live_faces``.
+
+        ``hnsw_ef_search`` up to ``hnsw_ef_reference_faces``, then
+        ``hnsw_ef_search * live_faces / hnsw_ef_reference_faces`` rounded up to a
+        multiple of 16, capped at ``hnsw_ef_search_max``. Non-decreasing in ``live_faces``.
+        """
+        if live_faces <= self.hnsw_ef_reference_faces:
+            return self.hnsw_ef_search
+        grown = self.hnsw_ef_search * live_faces / self.hnsw_ef_reference_faces
+        return min(self.hnsw_ef_search_max, _EF_STEP * math.ceil(grown / _EF_STEP))
 
     def kind_for(self, live_faces: int, current: IndexKind) -> IndexKind:
         """The structure a collection of ``live_faces`` should use, given the current one."""
@@ -77,28 +104,30 @@ class IndexPolicy:
 
 
 DEFAULT_POLICY = IndexPolicy()
+# ef values are rounded up to a multiple of this: a collection growing by one face does
+# not change its search effort on every write.
+_EF_STEP = 16
 
 
 class FaissVectors:
     """One FAISS index whose ids are positions; inner product on unit vectors."""
 
-    def __init__(self, index: faiss.Index, kind: IndexKind, ef_search: int) -> None:
+    def __init__(self, index: faiss.Index, kind: IndexKind) -> None:
         self._index = index
         self.kind = kind
-        self._ef_search = ef_search
         # The flat vectors themselves: the index for EXACT, the HNSW graph's storage.
         self._flat = index if kind is IndexKind.EXACT else _faiss_storage(index)
 
     @classmethod
     def empty(cls, kind: IndexKind, dim: int, policy: IndexPolicy) -> FaissVectors:
         if kind is IndexKind.EXACT:
-            return cls(faiss.IndexFlatIP(dim), kind, policy.hnsw_ef_search)
+            return cls(faiss.IndexFlatIP(dim), kind)
         index = faiss.IndexHNSWFlat(dim, policy.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = policy.hnsw_ef_construction
-        return cls(index, kind, policy.hnsw_ef_search)
+        return cls(index, kind)
 
     @classmethod
-    def adopt(cls, index: faiss.Index, *, dim: int, policy: IndexPolicy) -> FaissVectors:
+    def adopt(cls, index: faiss.Index, *, dim: int) -> FaissVectors:
         """Wrap an index read from a snapshot, refusing anything but what ``empty`` builds.
 
         ``index`` must be the object that owns the C++ index (``faiss.read_index``
@@ -110,12 +139,12 @@ class FaissVectors:
                 f"and inner product ({faiss.METRIC_INNER_PRODUCT})"
             )
         if type(index) is faiss.IndexFlatIP or type(index) is faiss.IndexFlat:
-            return cls(index, IndexKind.EXACT, policy.hnsw_ef_search)
+            return cls(index, IndexKind.EXACT)
         if type(index) is faiss.IndexHNSWFlat:
             storage = _faiss_storage(index)
             if storage.ntotal != index.ntotal or storage.d != dim:
                 raise ValueError("HNSW storage does not match its graph")
-            return cls(index, IndexKind.HNSW, policy.hnsw_ef_search)
+            return cls(index, IndexKind.HNSW)
         raise ValueError(f"unexpected FAISS index type {type(index).__name__}")
 
     @property
@@ -132,19 +161,20 @@ class FaissVectors:
         self._index.add(np.ascontiguousarray(vectors, dtype=np.float32))
 
     def search(
-        self, queries: FloatArray, k: int, live: Bitmap | None, *, exact: bool
+        self, queries: FloatArray, k: int, live: Bitmap | None, *, exact: bool, ef_search: int
     ) -> tuple[FloatArray, PositionArray]:
         """The ``k`` best live positions per query (padded with -1), best first.
 
         ``live`` is a little-endian bitmap of live positions, or None when all are;
-        ``exact`` compares every vector even when the structure is a graph.
+        ``exact`` compares every vector even when the structure is a graph; ``ef_search``
+        is the graph search's candidate list (raised to ``k``).
         """
         selector = None if live is None else faiss.IDSelectorBitmap(len(live), faiss.swig_ptr(live))
         if exact or self.kind is IndexKind.EXACT:
             params = _faiss.SearchParameters(sel=selector) if selector is not None else None
             similarities, positions = self._flat.search(queries, k, params=params)
         else:
-            params = _faiss.SearchParametersHNSW(efSearch=max(self._ef_search, k))
+            params = _faiss.SearchParametersHNSW(efSearch=max(ef_search, k))
             if selector is not None:
                 params.sel = selector
             similarities, positions = self._index.search(queries, k, params=params)
