@@ -199,6 +199,12 @@ class Settings(BaseSettings):
         100_000, ge=1, description="look-alike report: faces searched per collection at most"
     )
     lookalike_keep: int = Field(1000, ge=1, description="look-alike report: subject pairs kept")
+    lookalike_refresh_s: float = Field(
+        300.0,
+        gt=0,
+        description="identify's look-alike flags: a changed collection's report is rescanned "
+        "in the background at most this often",
+    )
     # --- model swap (POST /admin/models/activate; docs/training.md) ---
     swap_batch_size: int = Field(
         32, ge=1, le=1024, description="model swap: crops re-embedded per step"

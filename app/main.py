@@ -100,6 +100,7 @@ class Runtime:
         if self.switcher is not None:
             self.switcher.close()  # every generation it holds, the serving one included
         else:
+            self.service.close_background()
             if self.batcher is not None:
                 self.batcher.close()
             self.service.gallery.close()
@@ -219,6 +220,7 @@ def build_service(
             manifest.model_id,
             threshold,
         )
+    stages = cpu_stages or threading.BoundedSemaphore(settings.resolved_inference_workers())
     thresholds = ThresholdPolicy(
         OpenSetConfig(
             tail=tail,
@@ -246,10 +248,14 @@ def build_service(
         store_aligned_crops=settings.store_aligned_crops,
         probe=declared_pixels,
         max_request_pixels=settings.max_request_pixels,
-        cpu_stages=cpu_stages or threading.BoundedSemaphore(settings.resolved_inference_workers()),
+        cpu_stages=stages,
         thresholds=thresholds,
         lookalikes=LookalikeReports(
-            gallery, max_faces=settings.lookalike_max_faces, keep=settings.lookalike_keep
+            gallery,
+            max_faces=settings.lookalike_max_faces,
+            keep=settings.lookalike_keep,
+            refresh_s=settings.lookalike_refresh_s,
+            slot=stages,
         ),
     )
 

@@ -94,7 +94,9 @@ class IdentifiedFaceOut(DetectedFace):
         default_factory=list,
         description="other subjects of the collection whose enrolled faces are at or above "
         "the threshold to the matched subject's (look-alikes: the match may be either); from "
-        "the collection's latest look-alike report (GET /collections/{c}/lookalikes)",
+        "the collection's latest look-alike report (GET /collections/{c}/lookalikes), which "
+        "the first match in a collection starts in the background and changes refresh at "
+        "most every FACEREC_LOOKALIKE_REFRESH_S",
     )
 
 

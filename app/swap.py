@@ -64,6 +64,7 @@ class Serving:
     service: FaceService
 
     def close(self) -> None:
+        self.service.close_background()
         self.batcher.close()
         self.gallery.close()
 

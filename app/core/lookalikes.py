@@ -8,15 +8,24 @@ one computation at a time per collection) and capped at ``max_faces`` faces; a r
 over a larger collection says it is partial.
 
 Two different people this close defeat any threshold between them: identification
-flags a match to such a subject (``flag``), and an operator sees the pairs.
+flags a match to such a subject, and an operator sees the pairs. The flags come from
+``LookalikeReports.for_flags``: the latest report, never waited for; a collection with
+no report yet on this process, or one that changed since its report more than
+``refresh_s`` ago, gets one scan started in the background (one at a time per
+collection, each batch of searches holding one of the CPU slots requests use).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from app.core.gallery import Gallery
+
+logger = logging.getLogger(__name__)
 
 # Faces searched per gallery call while scanning a collection.
 SCAN_BATCH = 256
@@ -54,10 +63,23 @@ class LookalikeReport:
         return found
 
 
+class ScanStopped(Exception):
+    """A background scan was told to stop (the service is closing)."""
+
+
 def scan_lookalikes(
-    gallery: Gallery, collection: str, *, max_faces: int, keep: int
+    gallery: Gallery,
+    collection: str,
+    *,
+    max_faces: int,
+    keep: int,
+    slot: AbstractContextManager[object] | None = None,
+    stop: threading.Event | None = None,
 ) -> LookalikeReport:
-    """Each face's nearest other subject, as the ``keep`` most similar subject pairs."""
+    """Each face's nearest other subject, as the ``keep`` most similar subject pairs.
+
+    ``slot`` is held around each batch of searches; ``stop`` ends the scan between
+    batches (``ScanStopped``)."""
     version = gallery.collection_version(collection)
     best: dict[tuple[str, str], LookalikePair] = {}
     scanned = 0
@@ -67,8 +89,11 @@ def scan_lookalikes(
         if room <= 0:
             complete = False
             break
+        if stop is not None and stop.is_set():
+            raise ScanStopped(collection)
         rows = min(room, len(batch.subjects))
-        hits = gallery.search(collection, batch.embeddings[:rows], SCAN_TOP_K)
+        with slot or nullcontext():
+            hits = gallery.search(collection, batch.embeddings[:rows], SCAN_TOP_K)
         for subject, face_id, found in zip(batch.subjects, batch.face_ids, hits, strict=False):
             other = next((hit for hit in found if hit.subject != subject), None)
             if other is None:
@@ -97,16 +122,37 @@ class LookalikeReports:
     """The latest report per collection; recomputed only when the collection changed.
     One scan at a time per collection: concurrent callers wait for it and share it."""
 
-    def __init__(self, gallery: Gallery, *, max_faces: int, keep: int) -> None:
+    def __init__(
+        self,
+        gallery: Gallery,
+        *,
+        max_faces: int,
+        keep: int,
+        refresh_s: float = 300.0,
+        slot: AbstractContextManager[object] | None = None,
+    ) -> None:
+        """``refresh_s``: how long a changed collection's report may serve the flags
+        before a background scan replaces it. ``slot``: held by background scans around
+        each batch of searches (the service's CPU slots), so requests keep their share."""
         self.gallery = gallery
         self.max_faces = max_faces
         self.keep = keep
+        self.refresh_s = refresh_s
+        self._slot = slot
         self._lock = threading.Lock()
         self._scanning: dict[str, threading.Lock] = {}
         self._reports: dict[str, LookalikeReport] = {}
+        self._scanned_at: dict[str, float] = {}  # monotonic time of the last scan
+        self._background: dict[str, threading.Thread] = {}
+        self._stop = threading.Event()
 
     def current(self, collection: str) -> LookalikeReport:
         """The report of the collection as it is now (scanning it if it changed)."""
+        return self._current(collection, slot=None)
+
+    def _current(
+        self, collection: str, *, slot: AbstractContextManager[object] | None
+    ) -> LookalikeReport:
         with self._lock:
             scan_lock = self._scanning.setdefault(collection, threading.Lock())
         with scan_lock:
@@ -116,13 +162,68 @@ class LookalikeReports:
             if known is not None and known.version == version:
                 return known
             report = scan_lookalikes(
-                self.gallery, collection, max_faces=self.max_faces, keep=self.keep
+                self.gallery,
+                collection,
+                max_faces=self.max_faces,
+                keep=self.keep,
+                slot=slot,
+                stop=self._stop,
             )
             with self._lock:
                 self._reports[collection] = report
+                self._scanned_at[collection] = time.monotonic()
             return report
 
     def latest(self, collection: str) -> LookalikeReport | None:
         """The last report computed, whatever version it describes (never scans)."""
         with self._lock:
             return self._reports.get(collection)
+
+    def for_flags(self, collection: str) -> LookalikeReport | None:
+        """``latest``, never waiting; starts a background scan when the collection has
+        no report yet, or may have changed and its last scan is ``refresh_s`` old."""
+        with self._lock:
+            known = self._reports.get(collection)
+            running = self._background.get(collection)
+            last = self._scanned_at.get(collection)
+            now = time.monotonic()
+            due = (
+                not self._stop.is_set()
+                and (running is None or not running.is_alive())
+                and (last is None or now - last >= self.refresh_s)
+            )
+            if due:
+                # From the start: a failed scan is retried ``refresh_s`` later, not at
+                # once, and an unchanged collection costs one version read per period.
+                self._scanned_at[collection] = now
+                thread = threading.Thread(
+                    target=self._refresh, args=(collection,), name="lookalikes", daemon=True
+                )
+                self._background[collection] = thread
+                thread.start()
+        return known
+
+    def _refresh(self, collection: str) -> None:
+        try:
+            self._current(collection, slot=self._slot)
+        except ScanStopped:
+            pass
+        except Exception:  # the flags stay as they were; the next due call tries again
+            logger.exception("look-alike scan of collection %r failed", collection)
+
+    def settle(self, timeout_s: float) -> bool:
+        """Wait for the background scans running now; False if one is still running."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            threads = list(self._background.values())
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop background scans (between two batches) and wait for them."""
+        self._stop.set()
+        with self._lock:
+            threads = list(self._background.values())
+        for thread in threads:
+            thread.join(timeout_s)

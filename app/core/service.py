@@ -219,6 +219,12 @@ class FaceService:
         # Look-alike subject pairs per collection; None: matches are never flagged.
         self.lookalikes = lookalikes
 
+    def close_background(self) -> None:
+        """Stop the background work the use cases started (look-alike scans); the
+        gallery and models are closed by their owner, after this."""
+        if self.lookalikes is not None:
+            self.lookalikes.close()
+
     def check_subject_name(self, collection: str, subject: str) -> None:
         """Refuse a look-alike of another subject before any inference is spent
         (``NameConflict``); the gallery's write decides again, atomically."""
@@ -427,7 +433,11 @@ class FaceService:
         queries = np.stack([analysed.face.embedding for analysed in faces])
         candidates = self.gallery.search(collection, queries, top_k)
         matches = assign_subjects(candidates, applied.threshold)
-        report = self.lookalikes.latest(collection) if self.lookalikes else None
+        report = (
+            self.lookalikes.for_flags(collection)
+            if self.lookalikes is not None and any(match is not None for match in matches)
+            else None
+        )
         identified = [
             IdentifiedFace(
                 face=analysed.face,

@@ -180,3 +180,30 @@ def test_one_person_under_two_names_is_reported_and_flagged(
         and pair["similarity"] >= response.json()["threshold"]
     }
     assert set(flags) == expected
+
+
+def test_matches_are_flagged_without_anyone_asking_for_the_report(
+    app_client: TestClient,
+    collection: str,
+    enroll: Enroll,
+    identify: Identify,
+    lfw_photo: LfwPhoto,
+) -> None:
+    """The first match in a collection starts its look-alike scan in the background (the
+    answer does not wait for it); the answers after it carry the flags."""
+    assert enroll(app_client, collection, "Vanessa", lfw_photo(*ENROLLED)).status_code == 201
+    twin = enroll(app_client, collection, "Vanessa again", lfw_photo("Vanessa_Incontrada", 4))
+    assert twin.status_code == 201, twin.text
+
+    first = only_face(identify(app_client, collection, lfw_photo(*SAME_PERSON)))
+    assert first["match"] is not None
+    assert first["match_lookalikes"] == []  # no report yet: one is being made
+    reports = app_client.app.state.runtime.service.lookalikes  # type: ignore[attr-defined]
+    assert reports.settle(60)
+
+    face = only_face(identify(app_client, collection, lfw_photo(*SAME_PERSON)))
+    matched = face["match"]["subject"]
+    other = {"Vanessa": "Vanessa again", "Vanessa again": "Vanessa"}[matched]
+    assert [flag["subject"] for flag in face["match_lookalikes"]] == [other]
+    (pair,) = reports.latest(collection).pairs  # made in the background, never requested
+    assert face["match_lookalikes"][0]["similarity"] == pair.similarity

@@ -107,3 +107,74 @@ def test_concurrent_callers_share_one_scan(
         thread.join()
     assert errors == []
     assert len({id(result) for result in results}) == 1
+
+
+def test_flags_start_a_background_scan_and_refresh_at_most_every_period(
+    gallery: EmbeddedGallery, unit_vectors: UnitVectors, near: NearVector, make_face: MakeFace
+) -> None:
+    """``for_flags`` never waits: the first call starts the scan, later calls get its
+    report; a change is rescanned only once ``refresh_s`` has passed since the last."""
+    enroll_twins(gallery, unit_vectors, near, make_face)
+    slow = LookalikeReports(gallery, max_faces=100, keep=10, refresh_s=3600)
+    assert slow.for_flags("c") is None
+    assert slow.settle(60)
+    first = slow.for_flags("c")
+    assert first is not None
+    assert first.pairs[0].subject_b == "anna"
+    gallery.delete_subject("c", "anna")
+    assert slow.for_flags("c") is first  # changed, but refreshed less than an hour ago
+    assert slow.settle(60)
+    assert slow.latest("c") is first
+
+    eager = LookalikeReports(gallery, max_faces=100, keep=10, refresh_s=1e-9)
+    assert eager.for_flags("c") is None
+    assert eager.settle(60)
+    before = eager.latest("c")
+    assert before is not None
+    gallery.add_faces("c", "anna", [make_face(near(unit_vectors(1)[0]))])
+    assert eager.for_flags("c") is before
+    assert eager.settle(60)
+    after = eager.latest("c")
+    assert after is not None
+    assert after.version == gallery.collection_version("c")
+    assert after is not before
+
+
+class GatedSlot:
+    """A CPU slot that holds the first batch of a scan until the test releases it."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.batches = 0
+
+    def __enter__(self) -> None:
+        self.batches += 1
+        self.entered.set()
+        assert self.release.wait(60)
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_a_background_scan_holds_the_slot_per_batch_and_stops_at_close(
+    gallery: EmbeddedGallery, unit_vectors: UnitVectors, make_face: MakeFace
+) -> None:
+    vectors = unit_vectors(300)  # two batches of searches (SCAN_BATCH = 256)
+    for number in range(0, 300, 3):
+        gallery.add_faces("c", f"s{number}", [make_face(v) for v in vectors[number : number + 3]])
+    slot = GatedSlot()
+    reports = LookalikeReports(gallery, max_faces=1000, keep=10, slot=slot)
+    assert reports.for_flags("c") is None
+    assert slot.entered.wait(60)  # the first batch waits in the slot
+
+    closer = threading.Thread(target=reports.close)
+    closer.start()
+    assert reports._stop.wait(60)  # close() has asked the scan to stop before it goes on
+    slot.release.set()
+    closer.join(60)
+    assert not closer.is_alive()
+    assert slot.batches == 1  # stopped before the second batch
+    assert reports.latest("c") is None
+    assert reports.for_flags("c") is None  # closed: nothing new starts
+    assert slot.batches == 1
