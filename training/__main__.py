@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from app.config import available_cores
 from app.core.types import FloatArray, NewFace
 from app.errors import FaceRecError
 from app.gallery import open_gallery
@@ -40,6 +41,7 @@ from app.inference.loader import build_embedder, load_model
 from app.inference.manifest import file_sha256
 from app.inference.session import RuntimeOptions
 from training.base_model import BaseModel, resolve_base
+from training.checkpoints import BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT
 from training.config import ConfigError, FinetuneConfig, dump_config, load_config
 from training.data import (
     FaceCropper,
@@ -48,16 +50,6 @@ from training.data import (
     limit_per_identity,
     load_faces,
     scan_identities,
-)
-from training.engine import (
-    BEST_CHECKPOINT,
-    CHECKPOINT_DIR,
-    LAST_CHECKPOINT,
-    Distributed,
-    TorchEmbedder,
-    Trainer,
-    available_cores,
-    resolve_device,
 )
 from training.evaluate import embed_faces
 from training.evaluation import (
@@ -71,6 +63,9 @@ from training.evaluation import (
 )
 from training.faces import FaceSet, split_identities
 from training.report import format_table, plot_protocols, write_json
+from training.runtime import Distributed, resolve_device
+from training.torch_embed import TorchEmbedder
+from training.trainer import Trainer
 
 logger = logging.getLogger("training")
 

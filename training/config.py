@@ -114,7 +114,7 @@ class TrainConfig(_Section):
     amp: bool = Field(True, description="mixed precision, used only on CUDA")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     num_workers: int = Field(0, ge=0)
-    # Frozen-prefix cache (see training.engine): with last:K or head and frozen BatchNorm,
+    # Frozen-prefix cache (see training.prefix): with last:K or head and frozen BatchNorm,
     # the frozen layers run once per view instead of once per step.
     cache_features: bool = True
     feature_views: int = Field(4, ge=1, description="cached views: crop, mirror, augmented...")

@@ -3,7 +3,7 @@ plots. The numerics (protocols, calibration, ROC points) are ``training.evaluati
 
 Embeddings come from anything with the service's ``Embedder`` shape
 (``.embed(aligned_faces)``): the service's own onnxruntime ``ArcFaceEmbedder`` or
-``training.engine.TorchEmbedder``.
+``training.torch_embed.TorchEmbedder``.
 """
 
 from __future__ import annotations
