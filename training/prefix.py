@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from torch import fx, nn
 from tqdm import tqdm
 
-from training.config import AugmentConfig
+from training.config import AugmentConfig, TrainConfig
 from training.data import augment_face
 from training.tensors import faces_to_tensor
 from training.torch_embed import INFERENCE_BATCH, run_module
@@ -91,6 +91,22 @@ def split_before(module: nn.Module, first_trainable: nn.Module) -> SplitModule |
         part.graph.lint()
         part.recompile()
     return SplitModule(prefix, suffix)
+
+
+def frozen_split(
+    module: nn.Module, trainable: list[nn.Module], config: TrainConfig, *, freeze_last: int | None
+) -> SplitModule | None:
+    """The prefix to cache and the suffix to train; None (train on images end to end) unless
+    the cache is on, BatchNorm frozen and only the last groups (or the head) train."""
+    if not config.cache_features or config.batchnorm != "frozen" or freeze_last is None:
+        return None
+    if not trainable:  # head only: the whole backbone is the frozen prefix
+        if not isinstance(module, fx.GraphModule):
+            return None
+        identity = fx.Graph()
+        identity.output(identity.placeholder("features"))
+        return SplitModule(module, fx.GraphModule(module, identity))
+    return split_before(module, trainable[0])
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch import nn
+from tqdm import tqdm
 
 from app.core.types import FloatArray
 from app.inference.arcface import l2_normalize
@@ -64,3 +65,60 @@ def class_centroids(
 
 
 # --- the frozen prefix --------------------------------------------------------------------
+
+
+@torch.no_grad()
+def suffix_embeddings(
+    suffix: nn.Module, features: torch.Tensor, device: torch.device
+) -> FloatArray:
+    """Unit-norm sum over the views of cached prefix ``features`` (views, N, ...) of the
+    suffix's outputs: views 0 and 1 (the crop and its mirror) give flip-sum embeddings."""
+    was_training = suffix.training
+    suffix.eval()
+    try:
+        total = torch.zeros(0)
+        for view in features:
+            outputs = torch.cat(
+                [
+                    run_module(suffix, view[start : start + 256].float().to(device)).cpu()
+                    for start in range(0, view.shape[0], 256)
+                ]
+            )
+            total = outputs if total.numel() == 0 else total + outputs
+    finally:
+        suffix.train(was_training)
+    return l2_normalize(total.numpy().astype(np.float32))
+
+
+@torch.no_grad()
+def embed_twice(
+    crops: NDArray[np.uint8],
+    *,
+    prefix: nn.Module | None,
+    first: nn.Module,
+    second: nn.Module,
+    device: torch.device,
+    flip: bool,
+    desc: str,
+    progress: bool,
+) -> tuple[FloatArray, FloatArray]:
+    """(Flip-sum) unit-norm embeddings of ``crops`` by two modules that share ``prefix``
+    (run once for both; None: the modules take the crops themselves)."""
+    first_parts: list[FloatArray] = []
+    second_parts: list[FloatArray] = []
+    chunk = INFERENCE_BATCH * 8
+    for start in tqdm(
+        range(0, crops.shape[0], chunk), desc=desc, unit="chunk", disable=not progress
+    ):
+        faces = crops[start : start + chunk]
+        inputs = views(faces_to_tensor(faces).to(device), flip)
+        if prefix is not None:
+            prefix.eval()
+            inputs = [run_module(prefix, batch) for batch in inputs]
+        for module, parts in ((first, first_parts), (second, second_parts)):
+            was_training = module.training
+            module.eval()
+            outputs = [run_module(module, batch) for batch in inputs]
+            module.train(was_training)
+            parts.append(sum_views(outputs).cpu().numpy().astype(np.float32))
+    return l2_normalize(np.concatenate(first_parts)), l2_normalize(np.concatenate(second_parts))

@@ -32,18 +32,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional alias)
 from numpy.typing import NDArray
-from torch import fx, nn
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from app.config import available_cores
 from app.core.types import FloatArray
-from app.inference.arcface import l2_normalize
 from training.checkpoints import (
-    BEST_CHECKPOINT,
-    CHECKPOINT_DIR,
-    LAST_CHECKPOINT,
     TrainState,
     read_checkpoint,
     restore_rng_states,
@@ -64,15 +60,14 @@ from training.optim import (
     trainable_groups,
     warmup_cosine_schedule,
 )
-from training.prefix import FEATURE_DTYPES, SplitModule, prefix_features, split_before
+from training.prefix import FEATURE_DTYPES, frozen_split, prefix_features
 from training.report import append_csv, flatten_protocol
+from training.run_files import BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_CSV
 from training.runtime import Distributed, resolve_device, seed_everything
-from training.tensors import faces_to_tensor, sum_views, views
-from training.torch_embed import INFERENCE_BATCH, TorchEmbedder, class_centroids, run_module
+from training.torch_embed import TorchEmbedder, class_centroids, embed_twice, suffix_embeddings
 
 logger = logging.getLogger(__name__)
 
-METRICS_CSV = "metrics.csv"
 # Columns of the per-epoch log that come from training (NaN in the epoch 0 row).
 TRAIN_COLUMNS = ("train_loss", "train_accuracy", "lr_backbone", "lr_head")
 # A metric must beat the best so far by more than this to count as an improvement.
@@ -106,6 +101,17 @@ class FitResult:
     seconds: float
     feature_cache: bool
 
+    def document(self) -> dict[str, Any]:
+        """The fit as the manifest and metrics.json record it."""
+        return {
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "stopped_early": self.stopped_early,
+            "selection_metric": self.metric_name,
+            "best_metric": self.best_metric,
+            "feature_cache": self.feature_cache,
+        }
+
 
 class Trainer:
     """Fine-tunes ``backbone`` on ``train`` faces, selecting epochs on ``val`` faces."""
@@ -137,7 +143,9 @@ class Trainer:
         self.labels, self.classes = train.labels()
         backbone.module.to(self.device)
         self.trainable = trainable_groups(backbone, config.freeze_last())
-        self.split = self._split()
+        self.split = frozen_split(
+            backbone.module, self.trainable, config.train, freeze_last=config.freeze_last()
+        )
         self.head = build_head(
             config.head.kind,
             backbone.embedding_dim,
@@ -177,21 +185,6 @@ class Trainer:
             else model
         )
 
-    def _split(self) -> SplitModule | None:
-        config = self.config.train
-        if not config.cache_features or config.batchnorm != "frozen":
-            return None
-        if self.config.freeze_last() is None:
-            return None
-        if not self.trainable:  # head only: the whole backbone is the frozen prefix
-            module = self.backbone.module
-            if not isinstance(module, fx.GraphModule):
-                return None
-            identity = fx.Graph()
-            identity.output(identity.placeholder("features"))
-            return SplitModule(module, fx.GraphModule(module, identity))
-        return split_before(self.backbone.module, self.trainable[0])
-
     # --- data -----------------------------------------------------------------------------
 
     def _prepare(self) -> None:
@@ -205,30 +198,28 @@ class Trainer:
                 self.train_faces.crops, self.labels, self.config.augment, config.seed
             )
         else:
-            features = prefix_features(
-                self.split.prefix,
-                self.train_faces.crops,
-                views=config.feature_views,
-                augment=self.config.augment,
-                seed=config.seed,
-                device=self.device,
-                desc="train features",
-                progress=self.progress,
-                dtype=FEATURE_DTYPES[config.feature_dtype],
-            )
-            dataset = FeatureDataset(features, self.labels, config.seed)
-            if self.dist.is_main:
-                self._val_features = prefix_features(
-                    self.split.prefix,
-                    self.val.crops,
-                    views=2 if self.config.export.flip else 1,
+            prefix = self.split.prefix
+
+            def features(crops: NDArray[np.uint8], views: int, desc: str) -> torch.Tensor:
+                return prefix_features(
+                    prefix,
+                    crops,
+                    views=views,
                     augment=self.config.augment,
                     seed=config.seed,
                     device=self.device,
-                    desc="val features",
+                    desc=desc,
                     progress=self.progress,
                     dtype=FEATURE_DTYPES[config.feature_dtype],
                 )
+
+            train_features = features(
+                self.train_faces.crops, config.feature_views, "train features"
+            )
+            dataset = FeatureDataset(train_features, self.labels, config.seed)
+            if self.dist.is_main:
+                flip_views = 2 if self.config.export.flip else 1
+                self._val_features = features(self.val.crops, flip_views, "val features")
         self._dataset = dataset
         self._sampler: DistributedSampler[int] = DistributedSampler(
             dataset,
@@ -254,26 +245,9 @@ class Trainer:
             )
         return self._suffix_embeddings(self._val_features)
 
-    @torch.no_grad()
     def _suffix_embeddings(self, features: torch.Tensor) -> FloatArray:
-        """Sum over views 0 (and 1, the mirror) of the suffix outputs, normalised."""
         assert self.split is not None
-        suffix = self.split.suffix
-        was_training = suffix.training
-        suffix.eval()
-        try:
-            total = torch.zeros(0)
-            for view in features:
-                outputs = torch.cat(
-                    [
-                        run_module(suffix, view[start : start + 256].float().to(self.device)).cpu()
-                        for start in range(0, view.shape[0], 256)
-                    ]
-                )
-                total = outputs if total.numel() == 0 else total + outputs
-        finally:
-            suffix.train(was_training)
-        return l2_normalize(total.numpy().astype(np.float32))
+        return suffix_embeddings(self.split.suffix, features, self.device)
 
     def _initial_centroids(self) -> torch.Tensor:
         if self.split is None:
@@ -287,7 +261,6 @@ class Trainer:
             embeddings = self._suffix_embeddings(dataset.features[:views])
         return class_centroids(embeddings, self.labels, len(self.classes))
 
-    @torch.no_grad()
     def embed_base_and_tuned(
         self, crops: NDArray[np.uint8], *, desc: str = "embed"
     ) -> tuple[FloatArray, FloatArray]:
@@ -295,26 +268,16 @@ class Trainer:
 
         With the frozen-prefix cache the prefix runs once for both (they share it).
         """
-        flip = self.config.export.flip
-        base_parts: list[FloatArray] = []
-        tuned_parts: list[FloatArray] = []
-        chunk = INFERENCE_BATCH * 8
-        for start in tqdm(
-            range(0, crops.shape[0], chunk), desc=desc, unit="chunk", disable=not self.progress
-        ):
-            faces = crops[start : start + chunk]
-            inputs = views(faces_to_tensor(faces).to(self.device), flip)
-            if self.split is not None:
-                self.split.prefix.eval()
-                inputs = [run_module(self.split.prefix, batch) for batch in inputs]
-            for module, parts in ((self.base_trained, base_parts), (self.model_part, tuned_parts)):
-                was_training = module.training
-                module.eval()
-                outputs = [run_module(module, batch) for batch in inputs]
-                module.train(was_training)
-                total = sum_views(outputs)
-                parts.append(total.cpu().numpy().astype(np.float32))
-        return l2_normalize(np.concatenate(base_parts)), l2_normalize(np.concatenate(tuned_parts))
+        return embed_twice(
+            crops,
+            prefix=self.split.prefix if self.split is not None else None,
+            first=self.base_trained,
+            second=self.model_part,
+            device=self.device,
+            flip=self.config.export.flip,
+            desc=desc,
+            progress=self.progress,
+        )
 
     @property
     def model_part(self) -> nn.Module:

@@ -17,7 +17,6 @@ torch = require("torch", "the [train] extra")
 
 from torch import fx, nn  # noqa: E402
 
-from training.checkpoints import LAST_CHECKPOINT  # noqa: E402
 from training.config import FinetuneConfig, load_config  # noqa: E402
 from training.data import (  # noqa: E402  # noqa: E402
     build_cropper,
@@ -29,6 +28,7 @@ from training.faces import FaceSet, split_identities  # noqa: E402
 from training.heads import MarginHead  # noqa: E402
 from training.optim import parameter_groups, trainable_groups, warmup_cosine  # noqa: E402
 from training.prefix import split_before  # noqa: E402
+from training.run_files import LAST_CHECKPOINT  # noqa: E402
 from training.torch_embed import TorchEmbedder  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
 
