@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from training.config import ConfigError, FinetuneConfig
-from training.data import FaceCropper, cache_file, limit_per_identity, load_faces, scan_identities
+from training.data import (
+    FaceCropper,
+    ImageRecord,
+    LoadedFaces,
+    cache_file,
+    limit_per_identity,
+    load_faces,
+    scan_identities,
+)
 from training.evaluation import LfwPair, read_lfw_pairs
 from training.faces import FaceSet, split_identities
 from training.run_files import NO_FACE_FILE
@@ -29,6 +37,18 @@ def resolve_models_dir(value: Path | None) -> Path:
     return chosen
 
 
+def load_cached_faces(
+    records: list[ImageRecord],
+    folder: Path,
+    config: FinetuneConfig,
+    cropper: FaceCropper,
+    progress: bool,
+) -> LoadedFaces:
+    """The aligned faces of ``records`` (photos below ``folder``), through its crop cache."""
+    cache = cache_file(config.data.cache_dir, cropper.detector_id, folder)
+    return load_faces(records, cropper, cache, progress=progress)
+
+
 def load_identity_faces(
     data_dir: Path,
     config: FinetuneConfig,
@@ -39,12 +59,7 @@ def load_identity_faces(
 ) -> FaceSet:
     """Every identity's aligned faces (cached), without identities that have too few."""
     records = limit_per_identity(scan_identities(data_dir), config.train.max_images_per_identity)
-    loaded = load_faces(
-        records,
-        cropper,
-        cache_file(config.data.cache_dir, cropper.detector_id, data_dir),
-        progress=progress,
-    )
+    loaded = load_cached_faces(records, data_dir, config, cropper, progress)
     logger.info(
         "%s: %d photos, %d faces, %d without a face, %d unreadable, %d detected now",
         data_dir,
@@ -87,12 +102,7 @@ def load_lfw(
     used = {name for pair in pairs for name in (pair.first, pair.second)}
     images = lfw_dir / "images"
     records = [r for r in scan_identities(images) if r.relpath in used]
-    loaded = load_faces(
-        records,
-        cropper,
-        cache_file(config.data.cache_dir, cropper.detector_id, images),
-        progress=progress,
-    )
+    loaded = load_cached_faces(records, images, config, cropper, progress)
     logger.info(
         "LFW: %d pairs, %d photos, %d without a face",
         len(pairs),

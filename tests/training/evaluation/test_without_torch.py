@@ -119,11 +119,7 @@ def test_evaluate_scores_a_recognizer_without_torch(
         str(data),
         "--out",
         str(out),
-        "--models-dir",
-        str(models_dir),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--no-progress",
+        *["--models-dir", str(models_dir), "--cache-dir", str(tmp_path / "crops"), "--no-progress"],
     )
 
     assert code == 0
