@@ -73,12 +73,12 @@ def test_serve_without_an_inference_engine_names_the_extra_and_exits_2(tmp_path:
     assert not (tmp_path / "gallery.sqlite3").exists()
 
 
-def test_training_without_torch_names_the_extra_and_exits_2() -> None:
+def test_training_without_torch_names_the_extra_and_exits_2(tmp_path: Path) -> None:
+    argv = ["training", "finetune", "--base", "b", "--data", str(tmp_path), "--out", str(tmp_path)]
     result = run_python(
         hiding(
             "torch",
-            "import runpy; sys.argv = ['training', '--help']\n"
-            "runpy.run_module('training', run_name='__main__')",
+            f"import runpy; sys.argv = {argv!r}\nrunpy.run_module('training', run_name='__main__')",
         )
     )
 

@@ -7,6 +7,7 @@ written next to every run's outputs, so a run is reproducible from its folder.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -114,7 +115,7 @@ class TrainConfig(_Section):
     amp: bool = Field(True, description="mixed precision, used only on CUDA")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     num_workers: int = Field(0, ge=0)
-    # Frozen-prefix cache (see training.engine): with last:K or head and frozen BatchNorm,
+    # Frozen-prefix cache (see training.prefix): with last:K or head and frozen BatchNorm,
     # the frozen layers run once per view instead of once per step.
     cache_features: bool = True
     feature_views: int = Field(4, ge=1, description="cached views: crop, mirror, augmented...")
@@ -240,3 +241,29 @@ def load_config(
 def dump_config(config: FinetuneConfig) -> str:
     """The resolved configuration as JSON (paths as strings), loadable with --config."""
     return config.model_dump_json(indent=2)
+
+
+def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
+    """The configuration of a ``python -m training`` command: ``--config``, then its flags,
+    then ``--set`` overrides."""
+    overrides = {
+        "data.data_dir": getattr(args, "data", None),
+        "gallery.collection": getattr(args, "collection", None),
+        "gallery.photos_dir": getattr(args, "photos", None),
+        "data.models_dir": args.models_dir,
+        "data.detector": args.detector,
+        "data.cache_dir": args.cache_dir,
+        "data.lfw_dir": getattr(args, "lfw", None),
+        "data.val_identities": getattr(args, "val_identities", None),
+        "train.epochs": getattr(args, "epochs", None),
+        "train.freeze": getattr(args, "freeze", None),
+        "train.batch_size": getattr(args, "batch_size", None),
+        "train.seed": getattr(args, "seed", None),
+        "train.device": getattr(args, "device", None),
+        "optim.lr_backbone": getattr(args, "lr_backbone", None),
+        "optim.lr_head": getattr(args, "lr_head", None),
+        "head.kind": getattr(args, "head", None),
+        "export.name": getattr(args, "name", None),
+    }
+    plain = {key: str(v) if isinstance(v, Path) else v for key, v in overrides.items()}
+    return load_config(args.config, plain, args.set)

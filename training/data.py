@@ -1,4 +1,6 @@
-"""Training data: identity folders -> the service's aligned 112x112 crops (cached) -> tensors.
+"""Training data: identity folders -> the service's aligned 112x112 crops (cached); augmentation.
+
+No PyTorch here (the torch ``Dataset`` s are in ``training.datasets``).
 
 A data folder holds one subfolder per identity; any photos anywhere below it
 belong to that identity (``cfp/images/001/frontal/01.jpg`` is identity ``001``).
@@ -22,9 +24,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from numpy.typing import NDArray
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from app.core.types import Detection, ImageArray
@@ -37,7 +37,6 @@ from app.inference.scrfd import ScrfdDetector
 from app.inference.session import RuntimeOptions
 from training.config import AugmentConfig
 from training.faces import FaceSet
-from training.tensors import faces_to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +242,7 @@ def load_faces(
     return LoadedFaces(faces, without_face, unreadable, detected)
 
 
-# --- augmentation and tensors ---------------------------------------------------------------
+# --- augmentation ------------------------------------------------------------------------------
 
 
 def _blend(
@@ -286,36 +285,3 @@ def augment_face(
         sigma = float(rng.uniform(*config.blur_sigma))
         pixels = np.asarray(cv2.GaussianBlur(pixels, (0, 0), sigma), dtype=np.float32)
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
-
-
-class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
-    """Aligned crops and class labels; augmentation is a pure function of (seed, epoch, index),
-    so a run (and a resumed run) sees the same images whatever the workers or the device."""
-
-    def __init__(
-        self,
-        crops: NDArray[np.uint8],
-        labels: NDArray[np.int64],
-        augment: AugmentConfig | None,
-        seed: int,
-    ) -> None:
-        if crops.shape[0] != labels.shape[0]:
-            raise ValueError(f"{crops.shape[0]} crops for {labels.shape[0]} labels")
-        self.crops = crops
-        self.labels = labels
-        self.augment = augment
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        face = self.crops[index]
-        if self.augment is not None:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
-            face = augment_face(face, rng, self.augment)
-        return faces_to_tensor(face[None])[0], int(self.labels[index])

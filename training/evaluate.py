@@ -3,13 +3,14 @@ plots. The numerics (protocols, calibration, ROC points) are ``training.evaluati
 
 Embeddings come from anything with the service's ``Embedder`` shape
 (``.embed(aligned_faces)``): the service's own onnxruntime ``ArcFaceEmbedder`` or
-``training.engine.TorchEmbedder``.
+``training.torch_embed.TorchEmbedder``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -17,7 +18,14 @@ from tqdm import tqdm
 
 from app.core.pipeline import Embedder
 from app.core.types import FloatArray
-from training.evaluation import REPORT_FARS
+from training.evaluation import (
+    REPORT_FARS,
+    LfwPair,
+    ProtocolResult,
+    lfw_accuracy,
+    validation_protocol,
+)
+from training.faces import FaceSet
 
 # Points kept on a plotted ROC curve; the full curve has one per distinct score.
 PLOT_POINTS = 2000
@@ -72,3 +80,19 @@ def plot_roc(curves: Mapping[str, tuple[FloatArray, FloatArray]], path: Path, ti
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def evaluate_embeddings(
+    embeddings: FloatArray,
+    faces: FaceSet,
+    lfw: tuple[list[LfwPair], FaceSet, FloatArray] | None,
+) -> tuple[ProtocolResult, dict[str, Any]]:
+    """Validation protocol (+ LFW when given) as (result, JSON-ready summary)."""
+    result = validation_protocol(embeddings, faces.identities, faces.poses())
+    summary = result.summary()
+    if lfw is not None:
+        pairs, lfw_faces, lfw_embeddings = lfw
+        summary["lfw"] = lfw_accuracy(
+            pairs, dict(zip(lfw_faces.relpaths, lfw_embeddings, strict=True))
+        )
+    return result, summary

@@ -21,20 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.config import available_cores
 from app.inference.catalog import resolve_manifest
 from app.inference.loader import build_embedder, load_model
 from app.inference.manifest import file_sha256
 from app.inference.session import RuntimeOptions
-from training.config import ConfigError, FinetuneConfig
+from training.config import ConfigError, FinetuneConfig, config_from_args
+from training.data import build_cropper
 from training.evaluation import LfwPair, ProtocolResult, lfw_accuracy, validation_protocol
+from training.face_sources import load_identity_faces, load_lfw, resolve_models_dir
 from training.faces import FaceSet
 from training.promotion import GateRule, decide, describe, record_decision
 from training.report import format_table, plot_protocols, write_json
+from training.run_files import METRICS_FILE, REPORT_FILE
 
 logger = logging.getLogger(__name__)
 
-REPORT_FILE = "report.txt"
-METRICS_FILE = "metrics.json"
 DEGRADED = "degraded"
 
 
@@ -219,3 +221,24 @@ def run_evaluate(
     (out_dir / REPORT_FILE).write_text(report + "\n", encoding="utf-8")
     print(report)
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command: faces from ``--data`` folders or ``--gallery``, then ``run_evaluate``."""
+    config = config_from_args(args)
+    models_dir = resolve_models_dir(config.data.models_dir)
+    progress = not args.no_progress
+    cropper = build_cropper(config.data.detector, models_dir)
+
+    def folder_faces() -> FaceSet:
+        assert config.data.data_dir is not None
+        faces = load_identity_faces(
+            config.data.data_dir, config, cropper, report_dir=None, progress=progress
+        )
+        if args.split is not None:
+            split = json.loads(args.split.read_text(encoding="utf-8"))
+            faces = faces.of_identities(split.get("held_out") or split["val"])
+        return faces
+
+    lfw = load_lfw(config.data.lfw_dir, config, cropper, progress) if config.data.lfw_dir else None
+    return run_evaluate(args, config, models_dir, folder_faces, lfw, threads=available_cores())

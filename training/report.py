@@ -1,8 +1,9 @@
 """Reports of evaluations: the headline table (percent, change against the first model),
-ROC plots per protocol, JSON files."""
+ROC plots per protocol, JSON files, the per-epoch CSV log."""
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,3 +72,29 @@ def plot_protocols(
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def flatten_protocol(result: ProtocolResult) -> dict[str, float]:
+    """``{"frontal_profile_tar@1e-3": 0.91, ..., "rank1_profile_to_frontal": 0.97}``."""
+    row: dict[str, float] = {}
+    for name, verification in result.verification.items():
+        for point in verification.points:
+            row[f"{name}_tar@{point.label}"] = point.tar
+    for name, value in result.rank1.items():
+        row[f"rank1_{name}"] = value
+    return row
+
+
+def append_csv(path: Path, row: dict[str, float]) -> None:
+    """Append a row; the header is written with the first row (or when the columns change)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = list(row)
+    existing: list[str] | None = None
+    if path.is_file():
+        with path.open(newline="", encoding="utf-8") as handle:
+            existing = next(csv.reader(handle), None)
+    with path.open("a", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        if existing != header:
+            writer.writerow(header)
+        writer.writerow([f"{row[key]:.6g}" for key in header])

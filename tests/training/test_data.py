@@ -19,7 +19,6 @@ from app.config import Settings  # noqa: E402
 from app.main import create_app  # noqa: E402
 from training.config import AugmentConfig  # noqa: E402
 from training.data import (  # noqa: E402
-    FaceDataset,
     ImageRecord,
     augment_face,
     build_cropper,
@@ -28,6 +27,7 @@ from training.data import (  # noqa: E402
     load_faces,
     scan_identities,
 )
+from training.datasets import FaceDataset  # noqa: E402
 from training.faces import pose_of, split_identities  # noqa: E402
 from training.tensors import faces_to_tensor  # noqa: E402
 

@@ -24,17 +24,13 @@ from training.data import (  # noqa: E402  # noqa: E402
     load_faces,
     scan_identities,
 )
-from training.engine import (  # noqa: E402
-    LAST_CHECKPOINT,
-    TorchEmbedder,
-    Trainer,
-    parameter_groups,
-    split_before,
-    trainable_groups,
-    warmup_cosine,
-)
 from training.faces import FaceSet, split_identities  # noqa: E402
 from training.heads import MarginHead  # noqa: E402
+from training.optim import parameter_groups, trainable_groups, warmup_cosine  # noqa: E402
+from training.prefix import split_before  # noqa: E402
+from training.run_files import LAST_CHECKPOINT  # noqa: E402
+from training.torch_embed import TorchEmbedder  # noqa: E402
+from training.trainer import Trainer  # noqa: E402
 
 BASE_MODEL = "w600k_mbf_int8.onnx"
 

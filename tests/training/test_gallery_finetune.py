@@ -27,7 +27,7 @@ from app.gallery import open_gallery  # noqa: E402
 from app.inference.catalog import resolve_manifest  # noqa: E402
 from app.inference.manifest import ModelManifest, load_manifest  # noqa: E402
 from app.main import create_app  # noqa: E402
-from training.__main__ import main  # noqa: E402
+from training.cli import main  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.from_gallery import read_collection, split_gallery  # noqa: E402
 from training.gallery_data import face_set, photo_poses  # noqa: E402

@@ -28,10 +28,11 @@ from app.inference.onnx_import import import_model  # noqa: E402
 from app.inference.session import RuntimeOptions  # noqa: E402
 from app.main import create_app  # noqa: E402
 from tests.training.faces import aligned_faces, service_detector  # noqa: E402
-from training.__main__ import main  # noqa: E402
+from training.cli import main  # noqa: E402
 from training.config import ConfigError, load_config  # noqa: E402
-from training.engine import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_CSV, Trainer  # noqa: E402
 from training.evaluation import cfp_protocol  # noqa: E402
+from training.run_files import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_CSV  # noqa: E402
+from training.trainer import Trainer  # noqa: E402
 
 BASE_MODEL = "w600k_mbf_int8.onnx"
 BASE_MANIFEST = "w600k_mbf_int8"  # --base takes the recognizer's manifest
