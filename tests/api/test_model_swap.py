@@ -17,12 +17,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from app.inference.catalog import resolve_manifest
 from tests.serving import REQUEST_TIMEOUT_S, Server, StartServer
+from tests.swapping import identify, keep_identifying, matched, ready, wait_for_swap
 from tests.workers import Workers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,7 +49,6 @@ SWAP_SETTINGS = {
     "rate_limit_per_second": "1000",
     "rate_limit_burst": "1000",
 }
-_RUNNING = ("loading", "copying", "switching")
 
 
 def frontal(data_root: Path, identity: str, number: int) -> Path:
@@ -64,54 +63,6 @@ def enroll(http: httpx.Client, subject: str, photos: list[Path]) -> None:
         files=[("images", (photo.name, photo.read_bytes())) for photo in photos],
     )
     assert response.status_code == 201, response.text
-
-
-def identify(http: httpx.Client, photo: Path) -> dict[str, Any]:
-    response = http.post(
-        "/identify",
-        params={"collection": COLLECTION},
-        files={"image": (photo.name, photo.read_bytes())},
-    )
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def matched(body: dict[str, Any]) -> str | None:
-    (face,) = body["faces"]
-    match = face["match"]
-    return None if match is None else str(match["subject"])
-
-
-def ready(http: httpx.Client) -> dict[str, Any]:
-    response = http.get("/ready")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def wait_for_swap(http: httpx.Client) -> dict[str, Any]:
-    """/ready once the job has ended (the server's own job, no fixed sleep)."""
-    while True:
-        body = ready(http)
-        if body["swap"]["state"] not in _RUNNING:
-            return body
-        time.sleep(0.2)
-
-
-def keep_identifying(server: Server, key: str, photo: Path, stop: threading.Event) -> list[str]:
-    """Identify ``photo`` until ``stop``; every answer must be a 200 naming Ada; returns
-    the recognizer model id of each answer, in order. The last request starts after
-    ``stop`` was seen, so it is answered by whatever serves once the caller stopped us."""
-    models = []
-    with server.client(key) as http:
-        while True:
-            stopping = stop.is_set()
-            body = identify(http, photo)
-            assert matched(body) == "Ada", body
-            models.append(body["model"]["recognizer"])
-            if stopping and len(models) >= 2:
-                return models
 
 
 def test_model_swap_while_identifying_then_restart_and_roll_back(
@@ -131,7 +82,15 @@ def test_model_swap_while_identifying_then_restart_and_roll_back(
 
         stop = threading.Event()
         workers = Workers()
-        workers.start(keep_identifying, server, admin_key, frontal(data_root, "001", 3), stop)
+        workers.start(
+            keep_identifying,
+            server,
+            admin_key,
+            COLLECTION,
+            frontal(data_root, "001", 3),
+            "Ada",
+            stop,
+        )
         started = http.post("/admin/models/activate", json={"manifest": str(NEW_MANIFEST)})
         assert started.status_code == 202, started.text
         assert started.json()["target_model_id"] == new_model_id
@@ -180,7 +139,7 @@ def check_new_generation(
 ) -> None:
     """Everyone but the deleted one identified by the new model; the generation's record."""
     for subject, identity in [*PEOPLE, LATE]:
-        body = identify(http, frontal(data_root, identity, 3))
+        body = identify(http, COLLECTION, frontal(data_root, identity, 3))
         assert body["model"]["recognizer"] == new_model_id
         assert matched(body) == (None if subject == DELETED_DURING else subject), subject
     gone = http.get(f"/subjects/{DELETED_DURING}", params={"collection": COLLECTION})
@@ -206,7 +165,7 @@ def restart_then_roll_back(
         restarted = ready(http)
         assert restarted["generation"] == {"number": 1, "model_id": new_model_id}
         assert restarted["recognizer"]["model_id"] == new_model_id
-        assert matched(identify(http, frontal(data_root, LATE[1], 3))) == LATE[0]
+        assert matched(identify(http, COLLECTION, frontal(data_root, LATE[1], 3))) == LATE[0]
 
         enroll(http, AFTER[0], [frontal(data_root, AFTER[1], 1)])
         rolled = cli(server, admin_key, "rollback")  # facerec models rollback: waits
@@ -216,7 +175,7 @@ def restart_then_roll_back(
         assert back["swap"]["state"] == "done", back
         assert back["generation"] == {"number": 0, "model_id": old_model_id}
         for subject, identity in [("Ada", "001"), LATE, AFTER]:
-            body = identify(http, frontal(data_root, identity, 3))
+            body = identify(http, COLLECTION, frontal(data_root, identity, 3))
             assert body["model"]["recognizer"] == old_model_id
             assert matched(body) == subject
         assert http.post("/admin/models/rollback").status_code == 202  # to 1 again
@@ -305,4 +264,4 @@ def test_a_server_killed_during_the_copy_comes_back_on_the_old_generation(
         assert body["generation"] == {"number": 0, "model_id": old_model_id}
         assert "swap" not in body
         assert body["gallery_faces"] == 6
-        assert matched(identify(http, frontal(data_root, "002", 3))) == "Bruno"
+        assert matched(identify(http, COLLECTION, frontal(data_root, "002", 3))) == "Bruno"

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from app.inference.catalog import resolve_manifest
 from app.inference.manifest import ModelManifest, load_manifest
 from tests.dependencies import require
 from tests.serving import REQUEST_TIMEOUT_S, Server, StartServer, server_environment
+from tests.swapping import identify, keep_identifying, matched, ready, wait_for_swap
 from tests.training.lfw import mini_lfw
 from tests.workers import Workers
 
@@ -46,7 +46,6 @@ SERVER_SETTINGS = {
     "rate_limit_per_second": "1000",
     "rate_limit_burst": "1000",
 }
-_RUNNING = ("loading", "copying", "switching")
 TRAINING_TIMEOUT_S = 1200  # generous: a deadlock, not load, on 2 busy cores
 LATE = "041"  # enrolled while the fine-tuning runs
 # The smallest settings of tests/training/test_gallery_finetune.py: 3 subjects held out
@@ -94,53 +93,6 @@ def start_training(
 def finished(process: subprocess.Popen[str], log: Path) -> None:
     code = process.wait(timeout=TRAINING_TIMEOUT_S)
     assert code == 0, log.read_text(encoding="utf-8")[-4000:]
-
-
-def identify(http: httpx.Client, image: Path) -> dict[str, Any]:
-    response = http.post(
-        "/identify",
-        params={"collection": COLLECTION},
-        files={"image": (image.name, image.read_bytes())},
-    )
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def matched(body: dict[str, Any]) -> str | None:
-    (face,) = body["faces"]
-    match = face["match"]
-    return None if match is None else str(match["subject"])
-
-
-def ready(http: httpx.Client) -> dict[str, Any]:
-    response = http.get("/ready")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def wait_for_swap(http: httpx.Client) -> dict[str, Any]:
-    while True:
-        body = ready(http)
-        if body["swap"]["state"] not in _RUNNING:
-            return body
-        time.sleep(0.2)
-
-
-def keep_identifying(server: Server, key: str, image: Path, stop: threading.Event) -> list[str]:
-    """Identify ``image`` until ``stop`` (every answer a 200 naming the watched person);
-    the recognizer model id of each answer, in order. The last request starts after
-    ``stop`` was seen, so it is answered by whatever serves once the caller stopped us."""
-    models = []
-    with server.client(key) as http:
-        while True:
-            stopping = stop.is_set()
-            body = identify(http, image)
-            assert matched(body) == WATCHED, body
-            models.append(body["model"]["recognizer"])
-            if stopping and len(models) >= 2:
-                return models
 
 
 def gate(
@@ -207,7 +159,7 @@ def test_enroll_finetune_gate_activate_while_identifying_then_roll_back(
         )
         assert candidate.model_id != base_id
         assert server.alive()
-        assert matched(identify(http, probe(data_root, WATCHED))) == WATCHED
+        assert matched(identify(http, COLLECTION, probe(data_root, WATCHED))) == WATCHED
 
         # 3a. The default gate: a two-epoch candidate does not gain 0.5 points of TAR on
         # the held-out subjects, so it is not promoted, and the server refuses it.
@@ -339,7 +291,9 @@ def activate_while_identifying(
     assert ready(http)["generation"] == {"number": 0, "model_id": base_id}
     stop = threading.Event()
     workers = Workers()
-    workers.start(keep_identifying, server, admin_key, probe(data_root, WATCHED), stop)
+    workers.start(
+        keep_identifying, server, admin_key, COLLECTION, probe(data_root, WATCHED), WATCHED, stop
+    )
     started = http.post("/admin/models/activate", json={"manifest": str(run / "manifest.json")})
     assert started.status_code == 202, started.text
     assert started.json()["target_model_id"] == candidate.model_id
@@ -357,7 +311,7 @@ def activate_while_identifying(
     assert set(answers[:switch]) == {base_id}
     assert set(answers[switch:]) == {candidate.model_id}
     for identity in [*IDENTITIES, LATE]:
-        body = identify(http, probe(data_root, identity))
+        body = identify(http, COLLECTION, probe(data_root, identity))
         assert body["model"]["recognizer"] == candidate.model_id
         assert matched(body) == identity
     record = http.get("/admin/models").json()
@@ -374,6 +328,6 @@ def roll_back(http: httpx.Client, data_root: Path, base_id: str) -> None:
     assert back["generation"] == {"number": 0, "model_id": base_id}
     assert back["recognizer"]["model_id"] == base_id
     for identity in [*IDENTITIES, LATE]:
-        body = identify(http, probe(data_root, identity))
+        body = identify(http, COLLECTION, probe(data_root, identity))
         assert body["model"]["recognizer"] == base_id
         assert matched(body) == identity
