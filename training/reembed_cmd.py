@@ -12,7 +12,7 @@ import numpy as np
 from app.config import available_cores
 from app.core.gallery import Gallery
 from app.core.pipeline import Embedder
-from app.core.types import FaceRecord, NewFace
+from app.core.types import FaceRecord, NewFace, reembedded
 from app.gallery import open_gallery
 from app.gallery.embedded.generations import EmbeddedGenerations
 from app.inference.image import decode_image
@@ -99,13 +99,7 @@ def add_embedded(batch: list[tuple[FaceRecord, bytes]], new: Gallery, embedder: 
     groups: dict[tuple[str, str], list[NewFace]] = {}
     for (record, png), embedding in zip(batch, embeddings, strict=True):
         groups.setdefault((record.collection, record.subject), []).append(
-            NewFace(
-                image_sha256=record.image_sha256,
-                bbox=record.bbox,
-                det_score=record.det_score,
-                embedding=embedding,
-                aligned_png=png,
-            )
+            reembedded(record, embedding, png)
         )
     for (collection, subject), faces in groups.items():
         new.add_faces(collection, subject, faces)

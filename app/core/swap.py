@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from app.core.generations import Replica
-from app.core.types import FloatArray, NewFace
+from app.core.types import FloatArray, reembedded
 
 # Crops embedded per step: small enough that a step holds an inference slot for a
 # fraction of a second, so /identify gets the CPU between steps.
@@ -137,16 +137,7 @@ class _Copier:
         if found:
             embeddings = self.embed([png for _, png in found])
             faces = [
-                (
-                    record,
-                    NewFace(
-                        image_sha256=record.image_sha256,
-                        bbox=record.bbox,
-                        det_score=record.det_score,
-                        embedding=embedding,
-                        aligned_png=png,
-                    ),
-                )
+                (record, reembedded(record, embedding, png))
                 for (record, png), embedding in zip(found, embeddings, strict=True)
             ]
             self.target.copy_faces(faces)

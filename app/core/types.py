@@ -89,6 +89,18 @@ class FaceRecord:
     created_at: datetime
 
 
+def reembedded(record: FaceRecord, embedding: FloatArray, aligned_png: bytes) -> NewFace:
+    """The stored face ``record`` as a face to enroll again, embedded anew from its crop
+    (a model swap, ``training reembed``): same source image, box and score."""
+    return NewFace(
+        image_sha256=record.image_sha256,
+        bbox=record.bbox,
+        det_score=record.det_score,
+        embedding=embedding,
+        aligned_png=aligned_png,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SubjectSummary:
     collection: str
