@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 60.0
 # Generous: a request that takes longer than this on 2 cores is a deadlock, not load.
 REQUEST_TIMEOUT_S = 120.0
+# How much of a server's log a failure report shows.
+LOG_TAIL_CHARS = 20_000
 _BANNER_KEY = re.compile(r"X-API-Key: (frk_[0-9a-f]{16}_[A-Za-z0-9_-]{43})")
 
 
@@ -48,6 +50,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        self.killed = False
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
@@ -78,6 +81,7 @@ class Server:
         return self.process.poll() is None
 
     def kill_9(self) -> None:
+        self.killed = True  # first: a client that sees the connection drop can tell why
         self.process.kill()
         assert self.process.wait(timeout=10) == -signal.SIGKILL
 
@@ -92,6 +96,19 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def dump_threads_and_stop(self) -> str:
+        """For a failure report: with PYTHONFAULTHANDLER set in its environment, SIGABRT
+        makes the process write every thread's stack to its log before it dies; the
+        log's tail (those stacks) is returned."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGABRT)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.log()[-LOG_TAIL_CHARS:]
 
     def printed_keys(self) -> list[str]:
         """Every API key secret the process printed (the first-start admin key)."""

@@ -4,12 +4,22 @@ Same rule as onnxruntime's providers: every requested device is required. A
 device this OpenVINO cannot see, or a compiled model that does not execute on
 every requested device, is refused with ``ProviderUnavailable``. ``AUTO`` and
 ``MULTI`` are refused outright, because falling back quietly is their job.
+
+The first conversions between numpy and OpenVINO types in a process build tables
+of OpenVINO's Python binding (function-local statics of ``py::dtype``) whose
+construction lets go of the GIL: two threads making their first inferences at
+once can deadlock there, one waiting for the GIL inside the table's initializer,
+the other waiting for the initializer while holding the GIL, and then every
+Python thread of the process (the event loop too) waits forever.
+``create_openvino_session`` therefore builds them, one thread at a time, before
+it hands out a session (``prime_type_conversions``).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -23,6 +33,9 @@ from app.inference.engines.base import EngineName, RuntimeOptions, Tensor
 logger = logging.getLogger(__name__)
 
 _FALLBACK_DEVICES = ("AUTO", "MULTI")
+# One thread at a time through the binding's first type conversions (see above);
+# a waiter releases the GIL, so the thread inside can finish.
+_PRIMING = threading.Lock()
 
 
 class OpenVinoSession:
@@ -86,7 +99,22 @@ def create_openvino_session(
         raise ModelError(f"OpenVINO could not load {name} on {target}: {exc}") from exc
     in_use = tuple(str(device) for device in compiled.get_property("EXECUTION_DEVICES"))
     check_devices_in_use(name, devices, in_use)
+    prime_type_conversions()
     return OpenVinoSession(compiled, in_use)
+
+
+def prime_type_conversions() -> None:
+    """Build the binding's numpy <-> OpenVINO type tables now, in one thread, so that
+    concurrent first inferences find them built (the deadlock in the module docs).
+
+    Each conversion ``OpenVinoSession.run`` makes is made once: an array to a tensor,
+    a request tensor's element type to a numpy dtype, a tensor's data to an array.
+    """
+    with _PRIMING:  # after the first time, three cheap calls
+        values = np.zeros(1, dtype=np.float32)
+        probe = ov.Tensor(values, shared_memory=True)
+        probe.get_element_type().to_dtype()
+        np.asarray(probe.data)
 
 
 def _config(devices: Sequence[str], options: RuntimeOptions) -> dict[str, Any]:
