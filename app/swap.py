@@ -474,6 +474,7 @@ class ModelSwitcher:
         self._poke.set()
 
     def _follow_loop(self, poll_s: float) -> None:
+        failed: str | None = None
         while not self._stopping.is_set():
             self._poke.wait(poll_s)
             self._poke.clear()
@@ -481,15 +482,21 @@ class ModelSwitcher:
                 return
             try:
                 self.follow()
+                failed = None
             except FaceRecError as exc:
-                logger.error(
-                    "cannot switch to the active gallery generation: [%s] %s; this replica "
-                    "keeps serving the one before (its enrollments are refused, retry)",
-                    exc.code,
-                    exc.message,
-                )
+                if failed != exc.code:  # once per cause, not every poll
+                    logger.error(
+                        "cannot switch to the active gallery generation: [%s] %s; this "
+                        "replica keeps serving the one before (its enrollments are refused "
+                        "with model_switched)",
+                        exc.code,
+                        exc.message,
+                    )
+                failed = exc.code
             except Exception:
-                logger.exception("cannot switch to the active gallery generation")
+                if failed != "internal_error":
+                    logger.exception("cannot switch to the active gallery generation")
+                failed = "internal_error"
 
     def follow(self) -> bool:
         """Switch to the store's active generation if it is not ours; True if switched."""

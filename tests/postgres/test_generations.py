@@ -326,3 +326,40 @@ def test_activation_records_history_and_retiring_drops_old_tables(
     assert [a.by for a in record.activations] == ["admin2"]
     assert store.active().previous == second  # type: ignore[union-attr]
     zero.close()
+
+
+def test_the_barrier_refuses_a_source_that_no_longer_serves(
+    open_db: OpenDatabase, enrolled: Enrolled
+) -> None:
+    """A job that lost its job lock (database restart) must not switch from a generation
+    another job replaced: the faces enrolled into that one would be dropped."""
+    database = open_db()
+    zero = PostgresGallery(database, model_id=MODEL_ID, dim=DIM)
+    number = new_generation(database)
+    PostgresGenerations(database).activate(number, by=None)
+    with pytest.raises(GenerationRetired), zero.hold_writes():
+        raise AssertionError("the barrier must not be entered")
+    zero.close()
+
+
+def test_a_replica_on_a_retired_generation_answers_retry_not_an_error(
+    open_db: OpenDatabase, enrolled: Enrolled
+) -> None:
+    database = open_db()
+    PostgresGallery(database, model_id=MODEL_ID, dim=DIM).close()
+    store = PostgresGenerations(database)
+    first = new_generation(database)
+    stale = PostgresGallery(database, model_id=NEW_MODEL, dim=DIM, generation=first)
+    face, embedding = enrolled.face()
+    store.activate(first, by=None)
+    stale.add_faces(COLLECTION, "ada", [face])
+    for model in ("test-recognizer-v3", "test-recognizer-v4"):
+        later = store.create(
+            model_id=model, dim=DIM, manifest_path="/m", manifest_sha256="e" * 64, created_by=None
+        )
+        store.activate(later.number, by=None)
+    assert first in store.retire_older()
+
+    with pytest.raises(GenerationRetired):
+        stale.search(COLLECTION, embedding.reshape(1, -1), 1)
+    stale.close()

@@ -17,9 +17,12 @@ the active generation would never see.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg import errors as pg_errors
 
 from app.errors import GenerationRetired
 from app.gallery.postgres.schema import HNSW_EF_CONSTRUCTION, HNSW_M, MAX_INDEXED_DIM
@@ -91,3 +94,19 @@ def require_active(connection: psycopg.Connection[Any], generation: int) -> None
             "send it again",
             retry_after_s=1,
         )
+
+
+@contextmanager
+def retired_if_dropped(generation: int) -> Iterator[None]:
+    """A replica still on a generation whose table a later swap dropped (it failed to
+    follow two switches) answers the retry error, not a 500, until it switches."""
+    try:
+        yield
+    except pg_errors.UndefinedTable as exc:
+        if generation == 0:
+            raise
+        raise GenerationRetired(
+            f"gallery generation {generation} was retired; this replica is switching to "
+            "the active one: send the request again",
+            retry_after_s=1,
+        ) from exc

@@ -19,7 +19,8 @@ import psycopg
 
 from app.core.thresholds import CollectionSettings
 from app.core.types import FaceRecord, NewFace
-from app.gallery.postgres.generation_tables import WRITE_BARRIER_KEY
+from app.errors import GenerationRetired
+from app.gallery.postgres.generation_tables import WRITE_BARRIER_KEY, active_generation
 from app.gallery.postgres.repository import FACE_COLUMNS, FACES_JOINED, face_record
 from app.gallery.values import validate_new_face
 from app.storage.postgres.database import Database
@@ -33,6 +34,7 @@ class ReplicaMixin:
 
     _database: Database
     _table: str
+    _generation: int
     _dim: int
     _sealed: bool
 
@@ -152,6 +154,15 @@ class ReplicaMixin:
         with connection:
             with translated("write barrier"):
                 connection.execute("SELECT pg_advisory_lock(%s)", (WRITE_BARRIER_KEY,))
+                serving = active_generation(connection)
+            if serving != self._generation:
+                # The pointer moved since this job started (only possible if its job lock
+                # was lost, e.g. the database restarted): switching now would drop the
+                # faces enrolled into generation ``serving`` meanwhile.
+                raise GenerationRetired(
+                    f"generation {serving} became active during this swap; start it again",
+                    retry_after_s=1,
+                )
             yield
 
     def set_sealed(self, sealed: bool) -> None:

@@ -30,7 +30,11 @@ from app.errors import FaceNotFound, GenerationRetired, InvalidRequest, SubjectN
 from app.gallery.look_alikes import log_look_alikes
 from app.gallery.postgres import repository
 from app.gallery.postgres.directory import CollectionDirectory, CollectionRow
-from app.gallery.postgres.generation_tables import require_active, vectors_table
+from app.gallery.postgres.generation_tables import (
+    require_active,
+    retired_if_dropped,
+    vectors_table,
+)
 from app.gallery.postgres.name_keys import assign_name_keys, look_alike_counts
 from app.gallery.postgres.replica import ReplicaMixin
 from app.gallery.postgres.repository import Connection
@@ -279,7 +283,8 @@ class PostgresGallery(ReplicaMixin):
                 table=self._table,
             )
 
-        return self._database.run(read, what="search")
+        with retired_if_dropped(self._generation):
+            return self._database.run(read, what="search")
 
     def best_match_for_subject(
         self, collection: str, subject: str, embedding: FloatArray
@@ -301,7 +306,8 @@ class PostgresGallery(ReplicaMixin):
             ).fetchone()
             return None if row is None else (row[0], float(row[1]))
 
-        found = self._database.run(read, what="verify")
+        with retired_if_dropped(self._generation):
+            found = self._database.run(read, what="verify")
         if found is None:
             raise _subject_not_found(collection, subject)
         face_id, similarity = found
