@@ -93,7 +93,7 @@ class Runtime:
     # The PostgreSQL connections gallery and keys share (FACEREC_DATABASE_URL), or None.
     database: Database | None = None
     batcher: BatchingEmbedder | None = None
-    # The gallery generation serving (embedded backend) and the model swap jobs.
+    # The gallery generation serving and the model swap jobs (both backends).
     generation: Generation | None = None
     switcher: ModelSwitcher | None = None
 
