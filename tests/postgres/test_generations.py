@@ -17,8 +17,14 @@ import pytest
 
 from app.core.swap import ProgressBoard, SwapProgress, SyncControls, synchronise
 from app.core.types import FloatArray, NewFace
-from app.errors import GalleryModelMismatch, GenerationRetired, ModelSwapRunning
-from app.gallery.postgres import PostgresGallery
+from app.errors import (
+    GalleryModelMismatch,
+    GenerationRetired,
+    ModelSwapRejected,
+    ModelSwapRunning,
+)
+from app.gallery.postgres import PostgresGallery, replica
+from app.gallery.postgres.generation_tables import WRITE_BARRIER_KEY
 from app.gallery.postgres.generations import PostgresGenerations
 from app.storage.postgres.database import Database
 from app.storage.sqlite import utc_now
@@ -363,3 +369,17 @@ def test_a_replica_on_a_retired_generation_answers_retry_not_an_error(
     with pytest.raises(GenerationRetired):
         stale.search(COLLECTION, embedding.reshape(1, -1), 1)
     stale.close()
+
+
+def test_the_barrier_gives_up_the_switch_rather_than_stall_enrollments_behind_a_long_write(
+    open_db: OpenDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replica, "BARRIER_WAIT_S", 0.5)
+    database = open_db()
+    zero = PostgresGallery(database, model_id=MODEL_ID, dim=DIM)
+    with psycopg.connect(_url(database)) as bulk_import, bulk_import.transaction():
+        bulk_import.execute("SELECT pg_advisory_xact_lock_shared(%s)", (WRITE_BARRIER_KEY,))
+        with pytest.raises(ModelSwapRejected) as refused, zero.hold_writes():
+            raise AssertionError("the barrier must not be entered")
+    assert refused.value.details["reason"] == "writes_busy"
+    zero.close()

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import errors as pg_errors
 
 from app.core.thresholds import CollectionSettings
 from app.core.types import FaceRecord, NewFace
-from app.errors import GenerationRetired
+from app.errors import GenerationRetired, ModelSwapRejected
 from app.gallery.postgres.generation_tables import WRITE_BARRIER_KEY, active_generation
 from app.gallery.postgres.repository import FACE_COLUMNS, FACES_JOINED, face_record
 from app.gallery.values import validate_new_face
@@ -27,6 +28,10 @@ from app.storage.postgres.database import Database
 from app.storage.postgres.errors import translated
 
 Connection = psycopg.Connection[Any]
+# The barrier waits this long for running enrollments (short transactions; a bulk
+# import batch may be long) while new ones queue behind it, then gives up the swap
+# rather than stall every replica's enrollments for longer.
+BARRIER_WAIT_S = 10.0
 
 
 class ReplicaMixin:
@@ -153,7 +158,15 @@ class ReplicaMixin:
             connection = self._database.connect()
         with connection:
             with translated("write barrier"):
-                connection.execute("SELECT pg_advisory_lock(%s)", (WRITE_BARRIER_KEY,))
+                connection.execute(f"SET lock_timeout = '{BARRIER_WAIT_S * 1000:.0f}ms'")
+                try:
+                    connection.execute("SELECT pg_advisory_lock(%s)", (WRITE_BARRIER_KEY,))
+                except pg_errors.LockNotAvailable as exc:
+                    raise ModelSwapRejected(
+                        f"enrollments did not pause within {BARRIER_WAIT_S:g} s (a long bulk "
+                        "import running?); nothing was switched: activate again later",
+                        reason="writes_busy",
+                    ) from exc
                 serving = active_generation(connection)
             if serving != self._generation:
                 # The pointer moved since this job started (only possible if its job lock
