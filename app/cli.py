@@ -346,11 +346,14 @@ def _progress(args: argparse.Namespace) -> bool:
 
 def _bulk_settings(args: argparse.Namespace) -> tuple[Settings, str]:
     from app.api.deps import validate_collection
-    from app.main import serving_settings
+    from app.main import generation_store, serving_settings
 
     settings = Settings()
     configure_logging(settings.log_level if args.verbose else "WARNING", "text")
-    settings, _ = serving_settings(settings)  # the active generation's recognizer
+    if settings.database_url is None:
+        # The active generation's recognizer. With PostgreSQL the configured one must be
+        # it: opening the active generation for another model is refused (model mismatch).
+        settings, _ = serving_settings(settings, generation_store(settings, None))
     return settings, validate_collection(args.collection)
 
 

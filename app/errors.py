@@ -260,7 +260,7 @@ class ModelSwapRunning(FaceRecError):
 
 
 class ModelSwapUnsupported(FaceRecError):
-    """This gallery backend cannot switch models while serving (PostgreSQL, for now)."""
+    """This gallery cannot switch models while serving (a gallery without generations)."""
 
     code = "model_swap_unsupported"
 

@@ -68,9 +68,10 @@ from app.stream.metrics import StreamMetrics
 from app.stream.reid import ReidPolicy
 from app.stream.session import StreamEngine, TrackRule, VoteRule
 from app.stream.unknowns import UnknownStore
-from app.swap import ModelSwitcher, Serving, SyncPacing
+from app.swap import ClaimJob, ModelSwitcher, PointerWatch, Serving, SwapGallery, SyncPacing
 
 if TYPE_CHECKING:
+    from app.gallery.postgres.generations import PostgresGenerations
     from app.storage.postgres.database import Database
 
 logger = logging.getLogger("app")
@@ -92,7 +93,7 @@ class Runtime:
     # The PostgreSQL connections gallery and keys share (FACEREC_DATABASE_URL), or None.
     database: Database | None = None
     batcher: BatchingEmbedder | None = None
-    # The gallery generation serving (embedded backend) and the model swap jobs.
+    # The gallery generation serving and the model swap jobs (both backends).
     generation: Generation | None = None
     switcher: ModelSwitcher | None = None
 
@@ -165,19 +166,22 @@ def load_models(settings: Settings) -> tuple[LoadedModel, LoadedModel]:
 def open_configured_gallery(
     settings: Settings, *, model_id: str, dim: int, database: Database | None
 ) -> Gallery:
-    """The gallery the settings point at, for embeddings of ``model_id`` (server and CLI).
+    """The gallery the settings point at, for embeddings of ``model_id`` (server and CLI):
+    its active generation.
 
     ``database`` is the shared PostgreSQL (``open_shared_database``) or None for the
     embedded gallery under ``data_dir``; the caller owns and closes it."""
     if database is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     generations = EmbeddedGenerations(settings.data_dir)
+    active = generation_store(settings, database).active_number()
     return open_gallery(
-        data_dir=generations.gallery_dir(generations.active_number()),
+        data_dir=generations.gallery_dir(active),
         model_id=model_id,
         dim=dim,
         database=database,
         ef_search=settings.database_ef_search,
+        generation=active,
     )
 
 
@@ -274,17 +278,19 @@ def start_batcher(
 
 
 def build_runtime(settings: Settings) -> Runtime:
-    if settings.database_url is None:
-        generations = EmbeddedGenerations(settings.data_dir)
-        generations.reconcile()
-        generations.discard_unfinished()
-    settings, generation = serving_settings(settings)
-    detector, recognizer = load_models(settings)
-    manifest = recognizer.manifest
-    # Invariant: the manifest validator requires it for recognizers.
-    assert manifest.embedding_dim is not None
     database = open_shared_database(settings)
     try:
+        store = generation_store(settings, database)
+        if isinstance(store, EmbeddedGenerations):
+            store.reconcile()
+            store.discard_unfinished()
+        else:
+            store.discard_abandoned()
+        settings, generation = serving_settings(settings, store)
+        detector, recognizer = load_models(settings)
+        manifest = recognizer.manifest
+        # Invariant: the manifest validator requires it for recognizers.
+        assert manifest.embedding_dim is not None
         gallery = open_configured_gallery(
             settings, model_id=manifest.model_id, dim=manifest.embedding_dim, database=database
         )
@@ -307,16 +313,20 @@ def build_runtime(settings: Settings) -> Runtime:
     batcher = start_batcher(settings, recognizer, metrics)
     service = build_service(settings, detector, recognizer, gallery, metrics, batcher)
     switcher = None
-    if isinstance(gallery, EmbeddedGallery):
-        generation = generation or origin_generation(settings, recognizer)
+    swappable = swap_gallery(gallery)
+    if swappable is not None:
+        generation = generation or origin_generation(settings, recognizer, store)
         switcher = ModelSwitcher(
-            EmbeddedGenerations(settings.data_dir),
-            Serving(generation, recognizer, gallery, batcher, service),
-            open_serving=partial(open_serving, settings, detector, metrics),
+            store,
+            Serving(generation, recognizer, swappable, batcher, service),
+            open_serving=partial(open_serving, settings, detector, metrics, database),
             models_dir=settings.models_dir,
             store_aligned_crops=settings.store_aligned_crops,
             pacing=SyncPacing(settings.swap_batch_size, settings.swap_pause_ms / 1000),
+            claim=switcher_claim(store),
         )
+        if database is not None:
+            follow_other_replicas(database, switcher)
         metrics.watch_gallery(partial(_active_gallery_stats, switcher))
         metrics.watch_swap(
             partial(_swap_figures, switcher), lambda: switcher.active.generation.number
@@ -349,19 +359,55 @@ def build_runtime(settings: Settings) -> Runtime:
     )
 
 
-# --- gallery generations (model swap, embedded backend; app.swap) --------------------
+# --- gallery generations (model swap, both backends; app.swap) -----------------------
 
 
-def serving_settings(settings: Settings) -> tuple[Settings, Generation | None]:
+def generation_store(
+    settings: Settings, database: Database | None
+) -> EmbeddedGenerations | PostgresGenerations:
+    """The generations of the configured gallery: folders, or rows in the database."""
+    if database is None:
+        return EmbeddedGenerations(settings.data_dir)
+    from app.gallery.postgres.generations import PostgresGenerations
+
+    return PostgresGenerations(database)
+
+
+def swap_gallery(gallery: Gallery) -> SwapGallery | None:
+    if isinstance(gallery, EmbeddedGallery):
+        return gallery
+    from app.gallery.postgres import PostgresGallery
+
+    return gallery if isinstance(gallery, PostgresGallery) else None
+
+
+def switcher_claim(store: EmbeddedGenerations | PostgresGenerations) -> ClaimJob:
+    """One job at a time across the replicas of a PostgreSQL gallery (one process
+    owns an embedded gallery: nothing to claim)."""
+    if isinstance(store, EmbeddedGenerations):
+        return lambda: lambda: None
+    return store.claim_job
+
+
+def follow_other_replicas(database: Database, switcher: ModelSwitcher) -> None:
+    """Switch when another replica activates a generation (NOTIFY, and a slow poll)."""
+    from app.gallery.postgres.generations import GENERATION_CHANNEL
+
+    switcher.start_following()
+    database.notifications.subscribe(
+        GENERATION_CHANNEL, PointerWatch(switcher), timeout_s=database.options.startup_timeout_s
+    )
+
+
+def serving_settings(
+    settings: Settings, generations: EmbeddedGenerations | PostgresGenerations
+) -> tuple[Settings, Generation | None]:
     """``settings`` with the recognizer of the active gallery generation, and that one.
 
     After a model swap the active generation's recognizer serves, whatever
     FACEREC_RECOGNIZER says (a warning names both when they differ): its gallery
     holds that model's embeddings only. Its manifest must still be the file that was
     activated (sha256), else start-up stops here."""
-    if settings.database_url is not None:
-        return settings, None
-    generations = EmbeddedGenerations(settings.data_dir)
     pointer = generations.active()
     if pointer is None:
         return settings, None
@@ -392,11 +438,14 @@ def serving_settings(settings: Settings) -> tuple[Settings, Generation | None]:
     return settings.model_copy(update={"recognizer": str(path)}), generation
 
 
-def origin_generation(settings: Settings, recognizer: LoadedModel) -> Generation:
+def origin_generation(
+    settings: Settings,
+    recognizer: LoadedModel,
+    generations: EmbeddedGenerations | PostgresGenerations,
+) -> Generation:
     """Generation 0 (a gallery never swapped), served by the configured recognizer."""
     manifest = recognizer.manifest
     assert manifest.embedding_dim is not None  # the manifest validator requires it
-    generations = EmbeddedGenerations(settings.data_dir)
     if generations.has(0) and generations.get(0).model_id == manifest.model_id:
         return generations.get(0)
     _, path = resolve_manifest(settings.recognizer, settings.catalog_dir)
@@ -411,10 +460,31 @@ def origin_generation(settings: Settings, recognizer: LoadedModel) -> Generation
     )
 
 
+def open_generation_gallery(
+    settings: Settings, database: Database | None, generation: Generation
+) -> SwapGallery:
+    if database is None:
+        return EmbeddedGallery(
+            EmbeddedGenerations(settings.data_dir).gallery_dir(generation.number),
+            model_id=generation.model_id,
+            dim=generation.dim,
+        )
+    from app.gallery.postgres import PostgresGallery
+
+    return PostgresGallery(
+        database,
+        model_id=generation.model_id,
+        dim=generation.dim,
+        ef_search=settings.database_ef_search,
+        generation=generation.number,
+    )
+
+
 def open_serving(
     settings: Settings,
     detector: LoadedModel,
     metrics: Metrics,
+    database: Database | None,
     generation: Generation,
     active: Serving,
 ) -> Serving:
@@ -433,11 +503,7 @@ def open_serving(
             f"not {generation.model_id}",
             reason="manifest_changed",
         )
-    gallery = EmbeddedGallery(
-        EmbeddedGenerations(settings.data_dir).gallery_dir(generation.number),
-        model_id=generation.model_id,
-        dim=generation.dim,
-    )
+    gallery = open_generation_gallery(settings, database, generation)
     try:
         batcher = start_batcher(settings, recognizer, metrics)
     except BaseException:

@@ -217,9 +217,7 @@ class ReadyResponse(BaseModel):
     collections: dict[str, int] | None = Field(
         None, description="faces per collection; admin keys only (or auth off)"
     )
-    generation: GenerationBrief | None = Field(
-        None, description="the gallery generation serving (embedded backend)"
-    )
+    generation: GenerationBrief | None = Field(None, description="the gallery generation serving")
     swap: SwapBrief | None = Field(None, description="the current or last model swap job")
 
 
@@ -432,9 +430,7 @@ class GenerationOut(BaseModel):
 
 
 class GenerationList(BaseModel):
-    swap_supported: bool = Field(
-        description="false on the PostgreSQL backend: one implicit generation, no swaps"
-    )
+    swap_supported: bool = Field(description="false for a gallery without generations: no swaps")
     active: int
     previous: int | None = Field(description="where POST /admin/models/rollback returns")
     generations: list[GenerationOut]

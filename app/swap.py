@@ -1,10 +1,16 @@
-"""Zero-downtime model swap of the embedded gallery: one job at a time, in the background.
+"""Zero-downtime model swap: one job at a time, in the background.
 
 ``ModelSwitcher`` holds what serves now (``Serving``: a generation's recognizer,
 gallery, batcher and use cases) and the previous generation, starts activation and
 rollback jobs (``app.core.swap.synchronise`` does the copying) and hands the
 result to ``publish``, which the composition root (``app.main``) points at the
 app state. Requests that started before a switch finish on the objects they hold.
+
+Both gallery backends: the embedded one (one process owns the gallery) and
+PostgreSQL, where several replicas share it. There a job's replica claims the
+database-wide job lock (``claim``) and every other replica *follows*: told of the
+new active generation (``PointerWatch``, LISTEN/NOTIFY, and a slow poll as a safety
+net), it loads that generation's recognizer and switches the same way.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from app.core.generations import ActivePointer, Generation
+from app.core.gallery import Gallery
+from app.core.generations import ActivePointer, Generation, GenerationStore, Replica
 from app.core.service import FaceService
 from app.core.swap import (
     ProgressBoard,
@@ -36,8 +44,6 @@ from app.errors import (
     ModelSwapRunning,
     NoPreviousGeneration,
 )
-from app.gallery.embedded import EmbeddedGallery
-from app.gallery.embedded.generations import EmbeddedGenerations
 from app.inference.batcher import BatchingEmbedder
 from app.inference.image import decode_image
 from app.inference.loader import LoadedModel
@@ -53,13 +59,41 @@ _CROP_MAX_BYTES = 1 << 22
 _CROP_MAX_PIXELS = 1 << 20
 
 
+# How long a follower waits between looks at the active pointer when no NOTIFY came
+# (one cheap SELECT; notifications normally arrive within milliseconds).
+FOLLOW_POLL_S = 5.0
+
+
+class SwapGallery(Gallery, Replica, Protocol):
+    """A gallery one generation serves from: the use cases' side and the swap's."""
+
+
+class SwapStore(GenerationStore, Protocol):
+    """The generations of one gallery, as the switcher uses them."""
+
+    def record_origin(
+        self, *, model_id: str, dim: int, manifest_path: str, manifest_sha256: str
+    ) -> Generation: ...
+
+    def retire_older(self) -> list[int]: ...
+
+
+# Claim the right to run a job (``ModelSwapRunning`` if another process holds it);
+# returns the release, called when the job ends.
+ClaimJob = Callable[[], Callable[[], None]]
+
+
+def _no_other_claimants() -> Callable[[], None]:
+    return lambda: None
+
+
 @dataclass(frozen=True, slots=True)
 class Serving:
     """One generation's serving side."""
 
     generation: Generation
     recognizer: LoadedModel
-    gallery: EmbeddedGallery
+    gallery: SwapGallery
     batcher: BatchingEmbedder
     service: FaceService
 
@@ -130,18 +164,23 @@ def _rejected(reason: str, message: str) -> ModelSwapRejected:
 
 
 class ModelSwitcher:
-    """Activation and rollback jobs over the generations of one embedded gallery."""
+    """Activation and rollback jobs over the generations of one gallery."""
 
     def __init__(
         self,
-        store: EmbeddedGenerations,
+        store: SwapStore,
         active: Serving,
         *,
         open_serving: Callable[[Generation, Serving], Serving],
         models_dir: Path,
         store_aligned_crops: bool,
         pacing: SyncPacing = SyncPacing(),
+        claim: ClaimJob = _no_other_claimants,
     ) -> None:
+        """``claim``: the job lock shared with other processes serving the same gallery."""
+        self._claim = claim
+        self._follower: threading.Thread | None = None
+        self._poke = threading.Event()
         self._pacing = pacing
         self._store = store
         self._active = active
@@ -163,6 +202,7 @@ class ModelSwitcher:
     def attach(self, publish: Callable[[Serving], None]) -> None:
         """Where a switch is published (the app state); set once the app exists."""
         self._publish = publish
+        self._poke.set()  # a follower catches up with a switch made before this
 
     def progress(self) -> SwapProgress | None:
         return self._board.snapshot()
@@ -203,6 +243,17 @@ class ModelSwitcher:
                 lambda: self._activate_job(checked, by),
             )
         return progress
+
+    def _current_store_active(self) -> None:
+        """Under the job claim: another replica may have switched since we last looked."""
+        pointer = self._store.active()
+        number = 0 if pointer is None else pointer.generation
+        if number != self._active.generation.number:
+            raise ModelSwapRunning(
+                f"generation {number} was activated by another replica and this one is "
+                "still switching to it; try again in a few seconds",
+                target_model_id=None,
+            )
 
     def rollback(self, *, by: str | None) -> SwapProgress:
         with self._lock:
@@ -252,6 +303,12 @@ class ModelSwitcher:
         by: str | None,
         job: Callable[[], None],
     ) -> SwapProgress:
+        release = self._claim()
+        try:
+            self._current_store_active()
+        except BaseException:
+            release()
+            raise
         self._board.show(
             SwapProgress(
                 action=action,
@@ -262,7 +319,7 @@ class ModelSwitcher:
                 requested_by=by,
             )
         )
-        self._job = threading.Thread(target=self._run, args=(job,), name=f"model-{action}")
+        self._job = threading.Thread(target=self._run, args=(job, release), name=f"model-{action}")
         self._job.start()
         progress = self._board.snapshot()
         assert progress is not None
@@ -270,7 +327,13 @@ class ModelSwitcher:
 
     # --- the jobs (their own thread) ----------------------------------------------------
 
-    def _run(self, job: Callable[[], None]) -> None:
+    def _run(self, job: Callable[[], None], release: Callable[[], None]) -> None:
+        try:
+            self._run_job(job)
+        finally:
+            release()
+
+    def _run_job(self, job: Callable[[], None]) -> None:
         try:
             job()
         except SwapCancelled:
@@ -396,11 +459,85 @@ class ModelSwitcher:
 
         return embed
 
+    # --- following another replica's switch (PostgreSQL) -----------------------------
+
+    def start_following(self, poll_s: float = FOLLOW_POLL_S) -> None:
+        """Switch whenever the store's active generation is not ours (another replica
+        activated it): at each ``poke`` (a NOTIFY) and every ``poll_s`` otherwise."""
+        self._follower = threading.Thread(
+            target=self._follow_loop, args=(poll_s,), name="model-follow", daemon=True
+        )
+        self._follower.start()
+
+    def poke(self) -> None:
+        """The active pointer may have changed (called from the database listener)."""
+        self._poke.set()
+
+    def _follow_loop(self, poll_s: float) -> None:
+        failed: str | None = None
+        while not self._stopping.is_set():
+            self._poke.wait(poll_s)
+            self._poke.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self.follow()
+                failed = None
+            except FaceRecError as exc:
+                if failed != exc.code:  # once per cause, not every poll
+                    logger.error(
+                        "cannot switch to the active gallery generation: [%s] %s; this "
+                        "replica keeps serving the one before (its enrollments are refused "
+                        "with model_switched)",
+                        exc.code,
+                        exc.message,
+                    )
+                failed = exc.code
+            except Exception:
+                if failed != "internal_error":
+                    logger.exception("cannot switch to the active gallery generation")
+                failed = "internal_error"
+
+    def follow(self) -> bool:
+        """Switch to the store's active generation if it is not ours; True if switched."""
+        with self._lock:
+            current = self._board.snapshot()
+            if self._publish is None or (current is not None and current.running):
+                return False  # not serving yet, or our own job publishes
+            pointer = self._store.active()
+            number = 0 if pointer is None else pointer.generation
+            source = self._active
+            if number == source.generation.number:
+                return False
+            previous = self._previous
+            if previous is not None and previous.generation.number == number:
+                target = previous
+            else:
+                generation = self._store.get(number)
+                self._verify_manifest_unchanged(generation)
+                target = self._open_serving(generation, source)
+            target.gallery.set_sealed(False)
+            self._publish(target)
+            source.gallery.set_sealed(True)
+            retired = self._previous
+            self._active, self._previous = target, source
+        logger.info(
+            "model switched by another replica: generation %d (%s) serves",
+            target.generation.number,
+            target.generation.model_id,
+        )
+        if retired is not None and retired is not target:
+            retired.close()
+        return True
+
     # --- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
         """Stop a running job (its generation is left unactivated) and close everything."""
         self._stopping.set()
+        self._poke.set()
+        if self._follower is not None:
+            self._follower.join()
         job = self._job
         if job is not None:
             job.join()
@@ -408,9 +545,25 @@ class ModelSwitcher:
             serving.close()
 
 
+class PointerWatch:
+    """A ``notifications.Subscriber`` of the active-generation channel: pokes the switcher."""
+
+    def __init__(self, switcher: ModelSwitcher) -> None:
+        self._switcher = switcher
+
+    def resync(self) -> None:
+        self._switcher.poke()
+
+    def notified(self, payload: str) -> None:
+        self._switcher.poke()
+
+
 __all__ = [
     "CheckedManifest",
     "ModelSwitcher",
+    "PointerWatch",
     "Serving",
+    "SwapGallery",
+    "SwapStore",
     "check_recognizer_manifest",
 ]

@@ -8,6 +8,10 @@ swap (same run, same machine), answers that were not 200, the swap's duration an
 faces re-embedded per second.
 
     python -m bench.swap --identities 40
+    python -m bench.swap --identities 40 --database-url postgresql://...   # PostgreSQL
+
+With ``--database-url`` (a server with pgvector, e.g. ``python -m tests.pgserver``) the
+gallery is a fresh database ``facerec_bench_swap`` on that server, dropped afterwards.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +53,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--models-dir", type=Path, default=default_models_dir())
     parser.add_argument("--data-root", type=Path, default=default_data_root())
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    parser.add_argument(
+        "--database-url",
+        help="PostgreSQL server to swap on (a database of its own is created there)",
+    )
     return parser.parse_args()
 
 
@@ -90,6 +100,43 @@ def during(http: httpx.Client, probes: list[Path], start: str, body: dict[str, s
     return samples, time.perf_counter() - started, swap
 
 
+@contextmanager
+def bench_database(server_url: str | None) -> Iterator[str | None]:
+    """A fresh database on ``server_url`` for the run (None: the embedded gallery)."""
+    if server_url is None:
+        yield None
+        return
+    import psycopg
+
+    name = "facerec_bench_swap"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{server_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def generation_sizes(url: str, faces: int) -> dict[str, float]:
+    """On-disk bytes per face of each embedding set (after VACUUM), and of the crops."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute("VACUUM ANALYZE")
+        row = connection.execute(
+            "SELECT pg_total_relation_size('faces'), pg_total_relation_size('face_vectors_1'), "
+            "pg_total_relation_size('face_crops')"
+        ).fetchone()
+    assert row is not None
+    return {
+        "faces": row[0] / faces,
+        "generation_1": row[1] / faces,
+        "crops": row[2] / faces,
+    }
+
+
 def main() -> None:
     args = parse_args()
     description = machine_description()
@@ -97,7 +144,7 @@ def main() -> None:
     cfp = args.data_root / "cfp" / "images"
     identities = sorted(p.name for p in cfp.iterdir())[: args.identities]
     probes = [cfp / i / "frontal" / f"{args.photos + 1:02d}.jpg" for i in identities]
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, bench_database(args.database_url) as url:
         settings = {
             "FACEREC_MODELS_DIR": str(args.models_dir),
             "FACEREC_DATA_DIR": str(Path(scratch) / "data"),
@@ -106,6 +153,8 @@ def main() -> None:
             "FACEREC_SWAP_BATCH_SIZE": args.batch_size,
             "FACEREC_SWAP_PAUSE_MS": args.pause_ms,
         }
+        if url is not None:
+            settings["FACEREC_DATABASE_URL"] = url
         with (
             ServerProcess(settings, Path(scratch) / "server.log") as server,
             httpx.Client(base_url=server.url, timeout=600) as http,
@@ -129,6 +178,7 @@ def main() -> None:
                 identify_once(http, probes[n % len(probes)]) for n in range(args.baseline_requests)
             ]
             back_samples, back_s, back = during(http, probes, "/admin/models/rollback", {})
+            sizes = None if url is None else generation_sizes(url, faces)
     phases = [
         phase("before", before),
         phase("during activate", swap_samples),
@@ -136,7 +186,11 @@ def main() -> None:
         phase("during rollback", back_samples),
     ]
     base = phases[0]["p50_ms"]
-    print(f"gallery: {faces} faces ({len(identities)} CFP identities x {args.photos} photos)")
+    backend = "PostgreSQL" if args.database_url else "embedded"
+    print(
+        f"gallery ({backend}): {faces} faces ({len(identities)} CFP identities x "
+        f"{args.photos} photos)"
+    )
     print(
         format_table(
             ["phase", "requests", "not 200", "p50 ms", "p95 ms", "p50 / before", "models"],
@@ -159,6 +213,12 @@ def main() -> None:
         f"({swap['faces_done'] / swap_s:.1f} faces/s, model load included); "
         f"rollback: {back['state']}, {back['faces_done']} faces in {back_s:.1f} s"
     )
+    if sizes is not None:
+        print(
+            "PostgreSQL bytes per face: generation 0 (faces table and indexes, crops apart) "
+            f"{sizes['faces']:.0f}, generation 1 (face_vectors_1 and its indexes) "
+            f"{sizes['generation_1']:.0f}, crops {sizes['crops']:.0f}"
+        )
     if args.out:
         write_json(
             args.out,
@@ -170,6 +230,7 @@ def main() -> None:
                 "activate": swap,
                 "rollback_s": back_s,
                 "rollback": back,
+                "postgres_bytes_per_face": sizes,
             },
         )
 

@@ -35,8 +35,8 @@ SWAP_CODES = ("unauthorized", "forbidden", "rate_limited", "model_swap_running")
 def _switcher(runtime: RuntimeDep) -> ModelSwitcher:
     if runtime.switcher is None:
         raise ModelSwapUnsupported(
-            "switching models while serving needs the embedded gallery; with PostgreSQL "
-            "(FACEREC_DATABASE_URL) re-embed offline and restart (docs/training.md)"
+            "this gallery cannot switch models while serving: re-embed offline and "
+            "restart (docs/training.md)"
         )
     return runtime.switcher
 

@@ -23,12 +23,15 @@ def open_gallery(
     database_url: str | None = None,
     database: Database | None = None,
     ef_search: int | None = None,
+    generation: int = 0,
 ) -> Gallery:
     """The embedded gallery in ``data_dir``, or the PostgreSQL one.
 
     PostgreSQL: on ``database`` when given (shared with the key store; its opener
     closes it), else at ``database_url`` (opened here, closed with the gallery).
     ``ef_search``: HNSW candidates per PostgreSQL search (default: the backend's).
+    ``generation``: the PostgreSQL gallery generation to open (the active one); the
+    embedded gallery's generation is its folder, ``data_dir``.
     """
     if database is not None or database_url:
         from app.storage.postgres import open_database
@@ -46,6 +49,7 @@ def open_gallery(
                 dim=dim,
                 ef_search=ef_search,
                 owns_database=owns,
+                generation=generation,
             )
         except BaseException:
             if owns:

@@ -9,11 +9,14 @@ import psycopg
 import pytest
 
 from app.errors import GalleryUnavailable, SchemaTooNew
-from app.gallery.postgres import PostgresGallery
-from app.gallery.postgres.schema import INDEX_NAME
+from app.gallery.postgres import PostgresGallery, repository
+from app.gallery.postgres.generations import PostgresGenerations
+from app.gallery.postgres.schema import INDEX_NAME, bind_model
 from app.storage.postgres import open_database
-from app.storage.postgres.migrations import bundled_migrations
-from tests.gallery.conftest import DIM, MODEL_ID
+from app.storage.postgres.migrations import bundled_migrations, migrate
+from app.storage.postgres.vectors import fetch_vector_type, register_vectors
+from app.storage.sqlite import utc_now
+from tests.gallery.conftest import DIM, MODEL_ID, MakeFace, UnitVectors
 from tests.pgserver import PostgresServer
 from tests.postgres.conftest import OpenDatabase
 
@@ -146,3 +149,44 @@ def test_a_migration_edited_after_it_was_applied_is_refused(
 
     with pytest.raises(GalleryUnavailable, match="differs from the one in this build"):
         open_db(empty_url)
+
+
+def test_a_gallery_created_before_generations_migrates_and_serves_as_generation_zero(
+    empty_url: str, make_face: MakeFace, unit_vectors: UnitVectors
+) -> None:
+    """A database left by the release before migration 0005 (schema 0004, a bound
+    model, a face): the upgrade keeps every face where it was, as generation 0."""
+    before_generations = [m for m in bundled_migrations() if m.version <= 4]
+    embedding = unit_vectors(1)[0]
+    with psycopg.connect(empty_url, autocommit=True) as connection:
+        migrate(connection, before_generations)
+        register_vectors(connection, fetch_vector_type(connection))
+        with connection.transaction():
+            bind_model(connection, model_id=MODEL_ID, dim=DIM, where="test")
+            collection = repository.lock_collection(connection, "staff", create=True)
+            assert collection is not None
+            subject = repository.ensure_subject(connection, "staff", collection, "ada", utc_now())
+            face = make_face(embedding)
+            record = repository.new_record("staff", "ada", face, model_id=MODEL_ID, now=utc_now())
+            repository.insert_face(connection, collection, subject, record, face)
+    assert [version for version, _, _ in ledger(empty_url)] == [1, 2, 3, 4]
+
+    database = open_database(empty_url)
+    try:
+        gallery = PostgresGallery(database, model_id=MODEL_ID, dim=DIM)
+        (hits,) = gallery.search("staff", embedding.reshape(1, -1), 1)
+        assert [(hit.subject, hit.face_id) for hit in hits] == [("ada", record.face_id)]
+        assert PostgresGenerations(database).active() is None
+        assert gallery.face_ids() == {record.face_id}
+        gallery.close()
+    finally:
+        database.close()
+    assert [version for version, _, _ in ledger(empty_url)] == [
+        m.version for m in bundled_migrations()
+    ]
+    with psycopg.connect(empty_url) as connection:
+        (nullable,) = connection.execute(
+            "SELECT is_nullable FROM information_schema.columns "
+            "WHERE table_name = 'faces' AND column_name = 'embedding'"
+        ).fetchone() or ("",)
+    assert nullable == "YES"

@@ -159,15 +159,37 @@ def ensure_subjects(
 
 
 def insert_face(
-    connection: Connection, collection_id: int, subject_id: int, record: FaceRecord, face: NewFace
+    connection: Connection,
+    collection_id: int,
+    subject_id: int,
+    record: FaceRecord,
+    face: NewFace,
+    *,
+    vectors: str = "faces",
 ) -> int | None:
-    """Insert a face; its row id, or None when the subject already has this image."""
+    """Insert a face; its row id, or None when the subject already has this image.
+    ``vectors``: the table of the serving generation's embeddings
+    (``generation_tables.vectors_table``); with another than ``faces`` the face row
+    holds no embedding of its own."""
+    own = face.embedding if vectors == "faces" else None
     inserted = connection.execute(
-        _INSERT_FACE, _face_parameters(collection_id, subject_id, record, face.embedding)
+        _INSERT_FACE, _face_parameters(collection_id, subject_id, record, own)
     ).fetchone()
     if inserted is None:
         return None
     row_id = int(inserted[0])
+    if vectors != "faces":
+        connection.execute(
+            f"INSERT INTO {vectors} (id, face_id, collection_id, subject_id, embedding) "
+            "VALUES (%s, %s, %s, %s, %b)",
+            (
+                row_id,
+                record.face_id,
+                collection_id,
+                subject_id,
+                np.ascontiguousarray(face.embedding, dtype=np.float32),
+            ),
+        )
     if face.aligned_png is not None:
         insert_crop(connection, row_id, face.aligned_png)
     return row_id
@@ -197,10 +219,12 @@ def insert_faces(
     collection_id: int,
     model_id: str,
     rows: Sequence[tuple[int, FaceRecord, NewFace]],
+    *,
+    vectors: str = "faces",
 ) -> list[FaceRecord]:
     """Insert ``(subject_id, record, face)`` rows in one statement; the records of those
     inserted (a face whose subject already has its image, in the database or earlier
-    in ``rows``, is skipped)."""
+    in ``rows``, is skipped). ``vectors``: as for ``insert_face``."""
     connection.execute(_STAGE)
     with connection.cursor().copy(
         f"COPY facerec_staged_faces ({_STAGED_COLUMNS}) FROM STDIN WITH (FORMAT BINARY)"
@@ -224,11 +248,18 @@ def insert_faces(
         "INSERT INTO faces (face_id, collection_id, subject_id, image_sha256, x1, y1, x2, y2, "
         "det_score, model_id, created_at, embedding) "
         "SELECT DISTINCT ON (subject_id, image_sha256) face_id, %s, subject_id, image_sha256, "
-        "x1, y1, x2, y2, det_score, %s, created_at, embedding FROM facerec_staged_faces "
+        "x1, y1, x2, y2, det_score, %s, created_at, "
+        f"{'embedding' if vectors == 'faces' else 'NULL::vector'} FROM facerec_staged_faces "
         "ORDER BY subject_id, image_sha256, ord "
         "ON CONFLICT (subject_id, image_sha256) DO NOTHING RETURNING face_id",
         (collection_id, model_id),
     ).fetchall()
+    if vectors != "faces":
+        connection.execute(
+            f"INSERT INTO {vectors} (id, face_id, collection_id, subject_id, embedding) "
+            "SELECT f.id, f.face_id, f.collection_id, f.subject_id, staged.embedding "
+            "FROM facerec_staged_faces staged JOIN faces f ON f.face_id = staged.face_id"
+        )
     connection.execute(
         "INSERT INTO face_crops (face_row, png) SELECT f.id, staged.png "
         "FROM facerec_staged_faces staged JOIN faces f ON f.face_id = staged.face_id "
@@ -265,7 +296,7 @@ def delete_face(connection: Connection, row_id: int) -> None:
 
 
 def _face_parameters(
-    collection_id: int, subject_id: int, record: FaceRecord, embedding: FloatArray
+    collection_id: int, subject_id: int, record: FaceRecord, embedding: FloatArray | None
 ) -> tuple[object, ...]:
     return (
         record.face_id,
@@ -276,7 +307,7 @@ def _face_parameters(
         record.det_score,
         record.model_id,
         record.created_at,
-        np.ascontiguousarray(embedding, dtype=np.float32),
+        None if embedding is None else np.ascontiguousarray(embedding, dtype=np.float32),
     )
 
 
@@ -408,14 +439,19 @@ def aligned_crops_page(
 
 
 def embeddings_page(
-    connection: Connection, collection_id: int, *, after_row: int, limit: int
+    connection: Connection,
+    collection_id: int,
+    *,
+    after_row: int,
+    limit: int,
+    vectors: str = "faces",
 ) -> list[tuple[int, str, str, FloatArray]]:
     """``(row id, subject, face_id, embedding)`` in row order, after ``after_row``."""
     with connection.cursor(binary=True) as cursor:
         cursor.execute(
-            "SELECT f.id, s.name, f.face_id, f.embedding FROM faces f "
-            "JOIN subjects s ON s.id = f.subject_id "
-            "WHERE f.collection_id = %s AND f.id > %s ORDER BY f.id LIMIT %s",
+            f"SELECT f.id, s.name, f.face_id, f.embedding FROM {vectors} f "
+            "JOIN subjects s ON s.id = f.subject_id WHERE f.collection_id = %s "
+            "AND f.id > %s AND f.embedding IS NOT NULL ORDER BY f.id LIMIT %s",
             (collection_id, after_row, limit),
         )
         return [(int(row[0]), row[1], row[2], row[3]) for row in cursor.fetchall()]

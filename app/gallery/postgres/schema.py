@@ -93,3 +93,26 @@ def _bind(connection: psycopg.Connection[Any], *, model_id: str, dim: int) -> No
         )
     connection.execute(f"ALTER TABLE faces ALTER COLUMN embedding TYPE vector({int(dim)})")
     connection.execute(index_ddl(dim))
+
+
+def check_generation(
+    connection: psycopg.Connection[Any], generation: int, *, model_id: str, dim: int
+) -> None:
+    """A gallery opened on generation n >= 1 must name the recognizer its row records."""
+    row = connection.execute(
+        "SELECT model_id, dim, state FROM gallery_generations WHERE number = %s", (generation,)
+    ).fetchone()
+    if row is None or row[2] not in ("copying", "ready"):
+        raise GalleryUnavailable(
+            f"gallery generation {generation} does not exist or its embeddings were dropped",
+            generation=generation,
+        )
+    if (row[0], int(row[1])) != (model_id, dim):
+        raise GalleryModelMismatch(
+            f"gallery generation {generation} holds embeddings of model {row[0]!r} (dim "
+            f"{row[1]}), not of {model_id!r} (dim {dim})",
+            gallery_model_id=row[0],
+            gallery_dim=row[1],
+            loaded_model_id=model_id,
+            loaded_dim=dim,
+        )

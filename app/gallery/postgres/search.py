@@ -50,10 +50,14 @@ def search_collection(
     dim: int,
     face_count: int,
     ef_search: int,
+    table: str = "faces",
 ) -> list[list[SearchHit]]:
-    """Each query's hits; ``face_count`` (possibly stale) only picks the plan."""
+    """Each query's hits; ``face_count`` (possibly stale) only picks the plan.
+    ``table``: the generation's embeddings (``generation_tables.vectors_table``)."""
     if face_count <= EXACT_MAX_FACES:
-        return [exact_search(connection, collection_id, query, top_k) for query in queries]
+        return [
+            exact_search(connection, collection_id, query, top_k, table=table) for query in queries
+        ]
     connection.execute(
         "SELECT set_config('hnsw.ef_search', %s, true), "
         "set_config('hnsw.iterative_scan', 'relaxed_order', true), "
@@ -61,18 +65,24 @@ def search_collection(
         (str(ef_search), str(MAX_SCAN_TUPLES)),
     )
     return [
-        approximate_search(connection, collection_id, query, top_k, dim=dim) for query in queries
+        approximate_search(connection, collection_id, query, top_k, dim=dim, table=table)
+        for query in queries
     ]
 
 
 def exact_search(
-    connection: psycopg.Connection[Any], collection_id: int, query: FloatArray, top_k: int
+    connection: psycopg.Connection[Any],
+    collection_id: int,
+    query: FloatArray,
+    top_k: int,
+    *,
+    table: str = "faces",
 ) -> list[SearchHit]:
     rows = connection.execute(
         "SELECT s.name, best.face_id, best.similarity FROM ("
         "  SELECT DISTINCT ON (f.subject_id) f.subject_id, f.face_id, f.id,"
         "         -(f.embedding <#> %(q)b) AS similarity"
-        "  FROM faces f WHERE f.collection_id = %(c)s"
+        f"  FROM {table} f WHERE f.collection_id = %(c)s AND f.embedding IS NOT NULL"
         "  ORDER BY f.subject_id, f.embedding <#> %(q)b, f.id"
         ") best JOIN subjects s ON s.id = best.subject_id "
         "ORDER BY best.similarity DESC, best.id LIMIT %(k)s",
@@ -91,10 +101,11 @@ def approximate_search(
     top_k: int,
     *,
     dim: int,
+    table: str = "faces",
 ) -> list[SearchHit]:
     candidates = top_k * INITIAL_FACES_PER_SUBJECT
     while True:
-        rows = _index_candidates(connection, collection_id, query, candidates, dim=dim)
+        rows = _index_candidates(connection, collection_id, query, candidates, dim=dim, table=table)
         hits = best_per_subject(rows, top_k)
         if len(hits) >= top_k:
             return hits
@@ -103,7 +114,7 @@ def approximate_search(
         candidates = min(candidates * GROWTH, MAX_CANDIDATES)
     if len(hits) >= min(top_k, repository.subject_count(connection, collection_id)):
         return hits
-    return exact_search(connection, collection_id, query, top_k)
+    return exact_search(connection, collection_id, query, top_k, table=table)
 
 
 def best_per_subject(rows: list[tuple[str, str, float]], top_k: int) -> list[SearchHit]:
@@ -120,12 +131,12 @@ def best_per_subject(rows: list[tuple[str, str, float]], top_k: int) -> list[Sea
     ]
 
 
-def index_candidates_sql(dim: int) -> str:
+def index_candidates_sql(dim: int, table: str = "faces") -> str:
     """The approximate plan's statement: its ORDER BY is the index's expression."""
     return (
         "SELECT s.name, near.face_id, near.similarity FROM ("
         "  SELECT f.subject_id, f.face_id, -(f.embedding <#> %(q)b) AS similarity"
-        "  FROM faces f WHERE f.collection_id = %(c)s"
+        f"  FROM {table} f WHERE f.collection_id = %(c)s AND f.embedding IS NOT NULL"
         f"  ORDER BY {index_expression(dim)} <#> (%(q)b::halfvec({int(dim)}))"
         "  LIMIT %(n)s"
         ") near JOIN subjects s ON s.id = near.subject_id"
@@ -139,10 +150,11 @@ def _index_candidates(
     limit: int,
     *,
     dim: int,
+    table: str,
 ) -> list[tuple[str, str, float]]:
     """The index's nearest faces of the collection, with exact float32 similarities."""
     rows = connection.execute(
-        index_candidates_sql(dim), {"q": query, "c": collection_id, "n": limit}
+        index_candidates_sql(dim, table), {"q": query, "c": collection_id, "n": limit}
     ).fetchall()
     return [(name, face_id, float(similarity)) for name, face_id, similarity in rows]
 

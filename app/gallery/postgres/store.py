@@ -26,13 +26,19 @@ import numpy as np
 from app.core.gallery import BulkResult, EmbeddingBatch
 from app.core.thresholds import CollectionSettings
 from app.core.types import FaceRecord, FloatArray, NewFace, SearchHit, SubjectSummary
-from app.errors import FaceNotFound, InvalidRequest, SubjectNotFound
+from app.errors import FaceNotFound, GenerationRetired, InvalidRequest, SubjectNotFound
 from app.gallery.look_alikes import log_look_alikes
 from app.gallery.postgres import repository
 from app.gallery.postgres.directory import CollectionDirectory, CollectionRow
+from app.gallery.postgres.generation_tables import (
+    require_active,
+    retired_if_dropped,
+    vectors_table,
+)
 from app.gallery.postgres.name_keys import assign_name_keys, look_alike_counts
+from app.gallery.postgres.replica import ReplicaMixin
 from app.gallery.postgres.repository import Connection
-from app.gallery.postgres.schema import bind_model
+from app.gallery.postgres.schema import bind_model, check_generation
 from app.gallery.postgres.search import search_collection
 from app.gallery.values import require_text, validate_embeddings, validate_new_face
 from app.storage.postgres.database import Database
@@ -49,7 +55,7 @@ CROPS_PAGE_SIZE = 256
 DEFAULT_EF_SEARCH = 100
 
 
-class PostgresGallery:
+class PostgresGallery(ReplicaMixin):
     """Faces of enrolled subjects, per collection, searchable by embedding."""
 
     def __init__(
@@ -60,8 +66,11 @@ class PostgresGallery:
         dim: int,
         ef_search: int | None = None,
         owns_database: bool = False,
+        generation: int = 0,
     ) -> None:
-        """``owns_database``: ``close`` closes ``database`` too (it was opened for us)."""
+        """``owns_database``: ``close`` closes ``database`` too (it was opened for us).
+        ``generation``: the gallery generation whose embeddings this instance reads
+        and writes (``app.gallery.postgres.generations``); 0 before any model swap."""
         if not model_id:
             raise ValueError("model_id must be a non-empty string")
         if dim < 1:
@@ -72,8 +81,14 @@ class PostgresGallery:
         self._ef_search = ef_search or DEFAULT_EF_SEARCH
         self._owns_database = owns_database
         self._closed = False
+        self._generation = generation
+        self._table = vectors_table(generation)
+        self._sealed = False
         with database.setup_transaction() as connection:
-            bind_model(connection, model_id=model_id, dim=dim, where=database.where)
+            if generation == 0:
+                bind_model(connection, model_id=model_id, dim=dim, where=database.where)
+            else:
+                check_generation(connection, generation, model_id=model_id, dim=dim)
             keyed = assign_name_keys(connection)
             look_alikes = look_alike_counts(connection) if keyed else {}
         if keyed:
@@ -99,6 +114,10 @@ class PostgresGallery:
     def dim(self) -> int:
         return self._dim
 
+    @property
+    def generation(self) -> int:
+        return self._generation
+
     # --- writes ---------------------------------------------------------------------
 
     def add_faces(
@@ -114,6 +133,7 @@ class PostgresGallery:
             return []
 
         def write(connection: Connection) -> tuple[list[tuple[FaceRecord, bool]], int]:
+            self._require_serving(connection)
             now = utc_now()
             collection_id = repository.lock_collection(connection, collection, create=True)
             assert collection_id is not None
@@ -125,7 +145,9 @@ class PostgresGallery:
                 record = repository.new_record(
                     collection, subject, face, model_id=self._model_id, now=now
                 )
-                if repository.insert_face(connection, collection_id, subject_id, record, face):
+                if repository.insert_face(
+                    connection, collection_id, subject_id, record, face, vectors=self._table
+                ):
                     results.append((record, True))
                     continue
                 existing = repository.find_face_by_image(connection, subject_id, face.image_sha256)
@@ -151,6 +173,7 @@ class PostgresGallery:
             # An import batch may take long (each face goes into the HNSW graph): it is
             # an operator's job, not a request, so no statement time limit here.
             connection.execute("SET LOCAL statement_timeout = 0")
+            self._require_serving(connection)
             now = utc_now()
             collection_id = repository.lock_collection(connection, collection, create=True)
             assert collection_id is not None
@@ -168,7 +191,9 @@ class PostgresGallery:
                 )
                 for subject, face in faces
             ]
-            inserted = repository.insert_faces(connection, collection_id, self._model_id, rows)
+            inserted = repository.insert_faces(
+                connection, collection_id, self._model_id, rows, vectors=self._table
+            )
             touched = sorted({subject_ids[record.subject] for record in inserted})
             if touched:
                 repository.touch_subjects(connection, touched, now)
@@ -255,9 +280,11 @@ class PostgresGallery:
                 # A collection unknown here is new: small, so it is searched exactly.
                 face_count=known.faces if known is not None else 0,
                 ef_search=self._ef_search,
+                table=self._table,
             )
 
-        return self._database.run(read, what="search")
+        with retired_if_dropped(self._generation):
+            return self._database.run(read, what="search")
 
     def best_match_for_subject(
         self, collection: str, subject: str, embedding: FloatArray
@@ -271,15 +298,16 @@ class PostgresGallery:
         def read(connection: Connection) -> tuple[str, float] | None:
             row = connection.execute(
                 "SELECT f.face_id, -(f.embedding <#> %(q)b) AS similarity "
-                "FROM faces f JOIN subjects s ON s.id = f.subject_id "
+                f"FROM {self._table} f JOIN subjects s ON s.id = f.subject_id "
                 "JOIN collections c ON c.id = s.collection_id "
-                "WHERE c.name = %(c)s AND s.name = %(s)s "
+                "WHERE c.name = %(c)s AND s.name = %(s)s AND f.embedding IS NOT NULL "
                 "ORDER BY similarity DESC, f.id LIMIT 1",
                 {"q": query, "c": collection, "s": subject},
             ).fetchone()
             return None if row is None else (row[0], float(row[1]))
 
-        found = self._database.run(read, what="verify")
+        with retired_if_dropped(self._generation):
+            found = self._database.run(read, what="verify")
         if found is None:
             raise _subject_not_found(collection, subject)
         face_id, similarity = found
@@ -462,6 +490,7 @@ class PostgresGallery:
                     collection_id=collection_id,
                     after_row=after_row,
                     limit=batch_size,
+                    vectors=self._table,
                 ),
                 what="export",
             )
@@ -502,6 +531,17 @@ class PostgresGallery:
     def _require_open(self) -> None:
         if self._closed:
             raise RuntimeError("the gallery is closed")
+
+    def _require_serving(self, connection: Connection) -> None:
+        """An enrollment's first step: refused unless this generation serves (and after
+        any swap barrier); see ``generation_tables.require_active``."""
+        if self._sealed:
+            raise GenerationRetired(
+                "the recognizer was switched while this request ran; nothing was written: "
+                "send it again",
+                retry_after_s=1,
+            )
+        require_active(connection, self._generation)
 
     def _write(self, work: Callable[[Connection], tuple[T, int]], what: str) -> T:
         """Run a write transaction on one collection; once it has committed, this

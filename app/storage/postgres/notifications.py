@@ -8,7 +8,9 @@ after the LISTEN arrives as a notification, so nothing falls between the two.
 
 ``live`` is True only while the connection is up and every subscriber has re-read
 since it was made: a cache whose owner may have missed a change can tell (the key
-store then refuses to authenticate from it). Any failure, the database's or a
+store then refuses to authenticate from it). A subscriber added later does not
+make it False: the others' caches are still current, and ``subscribe`` itself
+returns only once the new one has re-read. Any failure, the database's or a
 subscriber's, drops the connection and starts over with a fresh re-read.
 """
 
@@ -67,7 +69,8 @@ class Notifications:
 
     @property
     def live(self) -> bool:
-        """Connected, and every subscriber re-read since: caches are current."""
+        """Connected, and every subscriber re-read since (those subscribed since are
+        re-read before their ``subscribe`` returns): caches are current."""
         return self._live
 
     def subscribe(self, channel: str, subscriber: Subscriber, *, timeout_s: float) -> None:
@@ -82,8 +85,10 @@ class Notifications:
         with self._lock:
             if self._stop.is_set():
                 raise RuntimeError("notifications are closed")
+            # ``live`` stays as it is: the caches of the subscribers already listening
+            # are no less current for a new one (a gallery generation opened by a model
+            # swap subscribes while requests are authenticated from the key cache).
             self._subscriptions.append(subscription)
-            self._live = False  # until the new subscriber has re-read
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="facerec-db-listener", daemon=True
