@@ -55,9 +55,7 @@ def flip_sum_agreement(student: torch.nn.Module, base: torch.nn.Module, faces: n
     return float((one * target).sum(axis=1).mean())
 
 
-def test_the_student_learns_the_flip_sum_on_its_training_faces(
-    crops: np.ndarray, models_dir: Path
-):
+def test_the_student_learns_the_flip_sum_on_its_training_faces(crops: np.ndarray, models_dir: Path):
     backbone = load_backbone(models_dir / "w600k_mbf_int8.onnx")
     # The epoch kept is chosen on the training faces themselves here: on so few faces a
     # held-out set would (rightly) keep the base, and this test is about the fitting.
