@@ -3,6 +3,7 @@
 finetune  data -> crops -> split -> backbone + margin head -> epochs -> ONNX + manifest
 evaluate  any recognizer manifests (the service's onnxruntime path) on held-out identities
 export    a checkpoint -> ONNX + parity check + calibrated manifest
+distill   the base model's flip-sum embedding -> a one-pass student (ONNX + manifest)
 reembed   a gallery's stored aligned crops -> a new gallery for another recognizer
 """
 
@@ -14,6 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from app.errors import FaceRecError
 from training.config import ConfigError
@@ -22,7 +24,7 @@ from training.run_files import BEST_CHECKPOINT, CHECKPOINT_DIR
 logger = logging.getLogger("training")
 
 # Commands that run PyTorch; evaluate and reembed run through onnxruntime only.
-TORCH_COMMANDS = frozenset({"finetune", "export"})
+TORCH_COMMANDS = frozenset({"finetune", "export", "distill"})
 NO_TORCH = (
     "python -m training: error: PyTorch is not installed; install the train extra: "
     "pip install 'facerec[train]' (or scripts/setup.sh cpu train)\n"
@@ -48,6 +50,12 @@ def run_export(args: argparse.Namespace) -> int:
     from training import export_cmd
 
     return export_cmd.run_export(args)
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from training import distill_cmd
+
+    return distill_cmd.run_distill(args)
 
 
 def run_reembed(args: argparse.Namespace) -> int:
@@ -96,6 +104,39 @@ def _gallery_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--photos", type=Path, help="the enrolled photos (CFP layout): pose labels by sha256"
     )
+
+
+def _distill_parser(commands: Any) -> None:
+    distill = commands.add_parser(
+        "distill", help="distil the base's flip-sum embedding into one pass, export it"
+    )
+    distill.add_argument(
+        "--base", default="w600k_mbf_int8", help="the flip-sum recognizer's manifest"
+    )
+    distill.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        required=True,
+        help="folder of identity subfolders (repeatable; labels are not used for training)",
+    )
+    distill.add_argument("--out", type=Path, required=True, help="output folder")
+    distill.add_argument(
+        "--val-identities", type=float, default=50, help="identities held out to pick the epoch"
+    )
+    distill.add_argument("--train-last", type=int, default=5, help="layer groups retrained")
+    distill.add_argument("--epochs", type=int, default=5)
+    distill.add_argument("--lr", type=float, default=1e-4)
+    distill.add_argument("--batch-size", type=int, default=128)
+    distill.add_argument("--seed", type=int, default=0)
+    distill.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    distill.add_argument("--name", help="model name in the manifest (default <base>_onepass)")
+    distill.add_argument("--models-dir", type=Path, help="default: $FACEREC_MODELS_DIR")
+    distill.add_argument("--detector", help="the service's detector manifest (default scrfd_500m)")
+    distill.add_argument("--cache-dir", type=Path, help="aligned-crop cache folder")
+    distill.add_argument("--lfw", type=Path, help="LFW folder: report accuracies")
+    distill.add_argument("--no-progress", action="store_true", help="no progress bars")
+    distill.set_defaults(handler=run_distill, config=None, set=[])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", help="model name in the manifest")
     _data_options(export)
     export.set_defaults(handler=run_export)
+
+    _distill_parser(commands)
 
     reembed = commands.add_parser("reembed", help="re-embed a gallery for another recognizer")
     reembed.add_argument("--data-dir", type=Path, required=True, help="the existing gallery")
