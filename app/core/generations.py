@@ -51,6 +51,14 @@ class ActivePointer:
     activated_by: str | None
 
 
+def retirable(pointer: ActivePointer | None, generations: Sequence[Generation]) -> list[int]:
+    """Generations >= 1 neither active nor previous: their embeddings can go."""
+    if pointer is None:
+        return []
+    keep = {0, pointer.generation, pointer.previous}
+    return [g.number for g in generations if g.number not in keep]
+
+
 class GenerationStore(Protocol):
     """The generations of one gallery, and the pointer to the active one."""
 

@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from app.core.generations import Activation, ActivePointer, Generation
+from app.core.generations import Activation, ActivePointer, Generation, retirable
 from app.errors import GalleryUnavailable, InvalidRequest
 from app.storage.sqlite import format_timestamp, parse_timestamp, utc_now
 
@@ -193,11 +193,7 @@ class EmbeddedGenerations:
 
     def retire_older(self) -> list[int]:
         """Remove generations >= 1 that are neither active nor previous (disk space)."""
-        pointer = self.active()
-        if pointer is None:
-            return []
-        keep = {0, pointer.generation, pointer.previous}
-        gone = [g.number for g in self.generations() if g.number not in keep]
+        gone = retirable(self.active(), self.generations())
         for number in gone:
             shutil.rmtree(self.gallery_dir(number), ignore_errors=True)
         return gone

@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from app.core.generations import Activation, ActivePointer, Generation
+from app.core.generations import Activation, ActivePointer, Generation, retirable
 from app.errors import InvalidRequest, ModelSwapRunning
 from app.gallery.postgres.generation_tables import (
     SWAP_JOB_KEY,
@@ -196,11 +196,7 @@ class PostgresGenerations:
 
     def retire_older(self) -> list[int]:
         """Drop the embeddings of generations >= 1 neither active nor previous."""
-        pointer = self.active()
-        if pointer is None:
-            return []
-        keep = {0, pointer.generation, pointer.previous}
-        gone = [g.number for g in self.generations() if g.number not in keep]
+        gone = retirable(self.active(), self.generations())
         for number in gone:
             self._drop(number, "retired", "retire a generation")
         if gone:
