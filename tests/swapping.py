@@ -17,6 +17,20 @@ from tests.serving import Server
 RUNNING = ("loading", "copying", "switching")
 
 
+def frontal(data_root: Path, identity: str, number: int) -> Path:
+    return data_root / "cfp" / "images" / identity / "frontal" / f"{number:02d}.jpg"
+
+
+def enroll(http: httpx.Client, collection: str, subject: str, photos: list[Path]) -> None:
+    response = http.post(
+        "/enroll",
+        params={"collection": collection},
+        data={"subject": subject},
+        files=[("images", (photo.name, photo.read_bytes())) for photo in photos],
+    )
+    assert response.status_code == 201, response.text
+
+
 def identify(http: httpx.Client, collection: str, photo: Path) -> dict[str, Any]:
     response = http.post(
         "/identify",

@@ -22,7 +22,15 @@ import httpx
 
 from app.inference.catalog import resolve_manifest
 from tests.serving import REQUEST_TIMEOUT_S, Server, StartServer
-from tests.swapping import identify, keep_identifying, matched, ready, wait_for_swap
+from tests.swapping import (
+    enroll,
+    frontal,
+    identify,
+    keep_identifying,
+    matched,
+    ready,
+    wait_for_swap,
+)
 from tests.workers import Workers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,20 +59,6 @@ SWAP_SETTINGS = {
 }
 
 
-def frontal(data_root: Path, identity: str, number: int) -> Path:
-    return data_root / "cfp" / "images" / identity / "frontal" / f"{number:02d}.jpg"
-
-
-def enroll(http: httpx.Client, subject: str, photos: list[Path]) -> None:
-    response = http.post(
-        "/enroll",
-        params={"collection": COLLECTION},
-        data={"subject": subject},
-        files=[("images", (photo.name, photo.read_bytes())) for photo in photos],
-    )
-    assert response.status_code == 201, response.text
-
-
 def test_model_swap_while_identifying_then_restart_and_roll_back(
     start_server: StartServer, tmp_path: Path, data_root: Path
 ) -> None:
@@ -74,7 +68,7 @@ def test_model_swap_while_identifying_then_restart_and_roll_back(
     new_model_id = resolve_manifest(str(NEW_MANIFEST))[0].model_id
     with server.client(admin_key) as http:
         for subject, identity in PEOPLE:
-            enroll(http, subject, [frontal(data_root, identity, n) for n in (1, 2)])
+            enroll(http, COLLECTION, subject, [frontal(data_root, identity, n) for n in (1, 2)])
         before = ready(http)
         old_model_id = before["recognizer"]["model_id"]
         assert before["generation"] == {"number": 0, "model_id": old_model_id}
@@ -100,7 +94,7 @@ def test_model_swap_while_identifying_then_restart_and_roll_back(
 
         while ready(http)["swap"]["state"] == "loading":
             time.sleep(0.1)
-        enroll(http, LATE[0], [frontal(data_root, LATE[1], 1)])
+        enroll(http, COLLECTION, LATE[0], [frontal(data_root, LATE[1], 1)])
         deleted = http.delete(f"/subjects/{DELETED_DURING}", params={"collection": COLLECTION})
         assert deleted.status_code == 200, deleted.text
         during = ready(http)
@@ -167,7 +161,7 @@ def restart_then_roll_back(
         assert restarted["recognizer"]["model_id"] == new_model_id
         assert matched(identify(http, COLLECTION, frontal(data_root, LATE[1], 3))) == LATE[0]
 
-        enroll(http, AFTER[0], [frontal(data_root, AFTER[1], 1)])
+        enroll(http, COLLECTION, AFTER[0], [frontal(data_root, AFTER[1], 1)])
         rolled = cli(server, admin_key, "rollback")  # facerec models rollback: waits
         assert rolled.returncode == 0, rolled.stderr
         assert rolled.stdout.strip() == f"generation 0 serves {old_model_id}"
@@ -246,7 +240,7 @@ def test_a_server_killed_during_the_copy_comes_back_on_the_old_generation(
     (admin_key,) = server.printed_keys()
     with server.client(admin_key) as http:
         for subject, identity in PEOPLE[:3]:
-            enroll(http, subject, [frontal(data_root, identity, n) for n in (1, 2)])
+            enroll(http, COLLECTION, subject, [frontal(data_root, identity, n) for n in (1, 2)])
         old_model_id = ready(http)["recognizer"]["model_id"]
         started = http.post("/admin/models/activate", json={"manifest": str(NEW_MANIFEST)})
         assert started.status_code == 202, started.text

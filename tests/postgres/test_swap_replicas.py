@@ -23,7 +23,15 @@ from app.inference.catalog import resolve_manifest
 from tests.postgres.conftest import eventually
 from tests.postgres.test_serving import the_admin_key
 from tests.serving import REQUEST_TIMEOUT_S, Server, server_environment
-from tests.swapping import identify, keep_identifying, matched, ready, wait_for_swap
+from tests.swapping import (
+    enroll,
+    frontal,
+    identify,
+    keep_identifying,
+    matched,
+    ready,
+    wait_for_swap,
+)
 from tests.workers import Workers
 
 pytestmark = pytest.mark.slow
@@ -41,20 +49,6 @@ SWAP_SETTINGS = {
 }
 # A replica hears of a switch by NOTIFY, then loads the recognizer: seconds when busy.
 FOLLOW_TIMEOUT_S = 120.0
-
-
-def frontal(data_root: Path, identity: str, number: int) -> Path:
-    return data_root / "cfp" / "images" / identity / "frontal" / f"{number:02d}.jpg"
-
-
-def enroll(http: httpx.Client, subject: str, photos: list[Path]) -> None:
-    response = http.post(
-        "/enroll",
-        params={"collection": COLLECTION},
-        data={"subject": subject},
-        files=[("images", (photo.name, photo.read_bytes())) for photo in photos],
-    )
-    assert response.status_code == 201, response.text
 
 
 class Replicas:
@@ -110,7 +104,7 @@ def test_two_replicas_swap_while_identifying_then_restart_and_roll_back(
     new_model_id = resolve_manifest(str(NEW_MANIFEST))[0].model_id
     with replica_a.client(admin) as on_a, replica_b.client(admin) as on_b:
         for subject, identity in PEOPLE:
-            enroll(on_a, subject, [frontal(data_root, identity, n) for n in (1, 2)])
+            enroll(on_a, COLLECTION, subject, [frontal(data_root, identity, n) for n in (1, 2)])
         old_model_id = ready(on_a)["recognizer"]["model_id"]
         assert ready(on_b)["generation"] == {"number": 0, "model_id": old_model_id}
         assert old_model_id != new_model_id
@@ -136,7 +130,7 @@ def test_two_replicas_swap_while_identifying_then_restart_and_roll_back(
         busy = on_b.post("/admin/models/activate", json={"manifest": str(NEW_MANIFEST)})
         assert busy.status_code == 409, busy.text
         assert busy.json()["code"] == "model_swap_running"
-        enroll(on_b, LATE[0], [frontal(data_root, LATE[1], 1)])
+        enroll(on_b, COLLECTION, LATE[0], [frontal(data_root, LATE[1], 1)])
         assert ready(on_a)["swap"]["state"] == "copying", "B's enrollment must land in the copy"
 
         after = wait_for_swap(on_a)
@@ -183,7 +177,7 @@ def test_a_replica_killed_mid_copy_leaves_generation_zero_serving_and_a_later_sw
     new_model_id = resolve_manifest(str(NEW_MANIFEST))[0].model_id
     with replica_a.client(admin) as on_a, replica_b.client(admin) as on_b:
         for subject, identity in PEOPLE:
-            enroll(on_a, subject, [frontal(data_root, identity, n) for n in (1, 2)])
+            enroll(on_a, COLLECTION, subject, [frontal(data_root, identity, n) for n in (1, 2)])
         old_model_id = ready(on_a)["recognizer"]["model_id"]
         started = on_a.post("/admin/models/activate", json={"manifest": str(NEW_MANIFEST)})
         assert started.status_code == 202, started.text
@@ -194,7 +188,7 @@ def test_a_replica_killed_mid_copy_leaves_generation_zero_serving_and_a_later_sw
 
         assert ready(on_b)["generation"] == {"number": 0, "model_id": old_model_id}
         assert matched(identify(on_b, COLLECTION, frontal(data_root, "002", 3))) == "Bruno"
-        enroll(on_b, LATE[0], [frontal(data_root, LATE[1], 1)])  # writes go on
+        enroll(on_b, COLLECTION, LATE[0], [frontal(data_root, LATE[1], 1)])  # writes go on
 
     replica_a = replicas.start()
     assert "removed gallery generations [1]: their swap did not finish" in replica_a.log()
