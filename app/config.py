@@ -39,10 +39,10 @@ class Settings(BaseSettings):
     )
     intra_op_threads: int = Field(0, ge=0, description="threads per session, 0 = auto")
     recognizer_runners: int = Field(
-        0,
-        ge=0,
-        description="recognizer batches running at once, 0 = auto: one per inference worker "
-        "on a CPU, 1 on a GPU (CUDA/TensorRT providers or an OpenVINO GPU device)",
+        1,
+        ge=1,
+        description="recognizer batches running at once, each on cores / runners threads: "
+        "more runners raise throughput under load on a CPU and cost single-request latency",
     )
 
     # --- limits and policies ----------------------------------------------------------
@@ -256,19 +256,6 @@ class Settings(BaseSettings):
         if self.intra_op_threads:
             return self.intra_op_threads
         return max(1, available_cores() // self.resolved_inference_workers())
-
-    def resolved_recognizer_runners(self) -> int:
-        """0 = auto: on a CPU one runner per inference worker, each on its share of the
-        cores (small batches run better side by side than spread over threads); on a GPU
-        one runner, whose batches grow with the load."""
-        if self.recognizer_runners:
-            return self.recognizer_runners
-        gpu_providers = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
-        if gpu_providers & set(self.providers) and self.engine != "openvino":
-            return 1
-        if any(device.upper().startswith("GPU") for device in self.openvino_devices):
-            return 1
-        return self.resolved_inference_workers()
 
     def resolved_inference_slots_per_key(self) -> int:
         """Admission slots one key may hold: half of all of them (rounded up) by default, so

@@ -115,10 +115,10 @@ def engine_options(settings: Settings) -> tuple[RuntimeOptions, RuntimeOptions]:
     """(detector, recognizer) session options; docs/performance.md has the measurements.
 
     The detector runs in the request workers, one call per worker at once, each
-    with its share of the cores. The recognizer runs in the batcher's runners, one
-    call per runner at once, each with its share of the cores: on a CPU one runner
-    per worker (two single-threaded runs of small batches gave 1.3-1.5x the faces/s
-    of one run on two threads), on a GPU one runner with every core.
+    with its share of the cores. The recognizer runs in the batcher's runners
+    (``FACEREC_RECOGNIZER_RUNNERS``, default 1), one call per runner at once, each
+    with its share of the cores: one runner gives a lone face every core (the
+    single-request latency); more raise a CPU's throughput under load.
     """
     engine = resolve_engine(settings.engine, tuple(settings.providers))
     workers = settings.resolved_inference_workers()
@@ -130,7 +130,7 @@ def engine_options(settings: Settings) -> tuple[RuntimeOptions, RuntimeOptions]:
     detector = replace(
         common, intra_op_threads=settings.resolved_intra_op_threads(), streams=workers
     )
-    runners = settings.resolved_recognizer_runners()
+    runners = settings.recognizer_runners
     recognizer = replace(
         common,
         intra_op_threads=settings.intra_op_threads or max(1, available_cores() // runners),
@@ -280,7 +280,7 @@ def start_batcher(
         max_batch=settings.batch_max_size or embedder.max_batch,
         max_wait_s=settings.batch_max_wait_ms / 1000,
         observe=metrics.recognizer_batch,
-        runners=settings.resolved_recognizer_runners(),
+        runners=settings.recognizer_runners,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 import app.config
 import app.main
@@ -18,39 +19,24 @@ def cores(monkeypatch: pytest.MonkeyPatch) -> int:
     return 4
 
 
-def test_on_a_cpu_the_recognizer_runs_one_stream_per_worker(cores: int) -> None:
-    settings = Settings(engine="openvino")
-    detector, recognizer = engine_options(settings)
-    assert settings.resolved_recognizer_runners() == cores
-    assert (recognizer.streams, recognizer.intra_op_threads) == (cores, 1)
+def test_by_default_one_recognizer_runner_gets_every_core(cores: int) -> None:
+    detector, recognizer = engine_options(Settings(engine="openvino"))
+    assert (recognizer.streams, recognizer.intra_op_threads) == (1, cores)
     assert (detector.streams, detector.intra_op_threads) == (cores, 1)
 
 
-def test_fewer_workers_give_each_runner_more_threads(cores: int) -> None:
-    settings = Settings(engine="openvino", inference_workers=2)
+@pytest.mark.parametrize(("runners", "threads"), [(2, 2), (4, 1), (8, 1)])
+def test_more_runners_share_the_cores_as_streams(cores: int, runners: int, threads: int) -> None:
+    _, recognizer = engine_options(Settings(engine="openvino", recognizer_runners=runners))
+    assert (recognizer.streams, recognizer.intra_op_threads) == (runners, threads)
+
+
+def test_explicit_threads_win(cores: int) -> None:
+    settings = Settings(engine="openvino", recognizer_runners=2, intra_op_threads=3)
     _, recognizer = engine_options(settings)
-    assert (recognizer.streams, recognizer.intra_op_threads) == (2, 2)
+    assert (recognizer.streams, recognizer.intra_op_threads) == (2, 3)
 
 
-def test_one_runner_gets_every_core(cores: int) -> None:
-    settings = Settings(engine="openvino", recognizer_runners=1)
-    _, recognizer = engine_options(settings)
-    assert (recognizer.streams, recognizer.intra_op_threads) == (1, cores)
-
-
-@pytest.mark.parametrize(
-    "gpu",
-    [
-        {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"], "engine": "onnxruntime"},
-        {"providers": ["TensorrtExecutionProvider"], "engine": "onnxruntime"},
-        {"openvino_devices": ["GPU"], "engine": "openvino"},
-    ],
-)
-def test_on_a_gpu_one_runner_batches_everything(cores: int, gpu: dict[str, object]) -> None:
-    settings = Settings(**gpu)  # type: ignore[arg-type]
-    assert settings.resolved_recognizer_runners() == 1
-
-
-def test_an_openvino_gpu_recognizer_is_one_stream_with_every_core(cores: int) -> None:
-    _, recognizer = engine_options(Settings(engine="openvino", openvino_devices=["GPU"]))
-    assert (recognizer.streams, recognizer.intra_op_threads) == (1, cores)
+def test_a_recognizer_needs_a_runner() -> None:
+    with pytest.raises(ValidationError, match="recognizer_runners"):
+        Settings(recognizer_runners=0)
