@@ -3,13 +3,13 @@
 Every thread that needs embeddings (HTTP requests, live streams) calls
 ``BatchingEmbedder.embed`` and blocks; a runner thread takes the queued requests,
 runs them as one batch and hands each caller its own rows. ``runners`` threads do
-this at once, one per session stream: on a CPU two single-threaded runs of small
-batches beat one run on two threads; on a GPU one runner with big batches is what
-pays. A batch starts as soon as a runner is free: it holds what is already queued
-(at most ``max_batch`` faces) and waits at most ``max_wait_s`` for more. With
-``max_wait_s = 0`` a lone request never waits; under load, requests that arrive
-while a batch runs form the next one, so batches grow with the load by themselves
-(what a GPU needs) and latency at low load is unchanged.
+this at once, one per session stream (default 1: a lone face gets every core; on a
+busy CPU two single-threaded runners embed more faces a second; on a GPU one runner
+with big batches is what pays). A batch starts as soon as a runner is free: it
+holds what is already queued (at most ``max_batch`` faces) and waits at most
+``max_wait_s`` for more. With ``max_wait_s = 0`` a lone request never waits; under
+load, requests that arrive while a batch runs form the next one, so batches grow
+with the load by themselves (what a GPU needs) and latency at low load is unchanged.
 
 A request larger than ``max_batch`` runs alone; the embedder splits it by the
 manifest's own batch limit. Batching never changes a face's embedding beyond
