@@ -38,6 +38,12 @@ class Settings(BaseSettings):
         0, ge=0, description="requests running decode/detect/align at once, 0 = one per core"
     )
     intra_op_threads: int = Field(0, ge=0, description="threads per session, 0 = auto")
+    recognizer_runners: int = Field(
+        1,
+        ge=1,
+        description="recognizer batches running at once, each on cores / runners threads: "
+        "more runners raise throughput under load on a CPU and cost single-request latency",
+    )
 
     # --- limits and policies ----------------------------------------------------------
     max_image_bytes: int = Field(20 * MIB, ge=1024)

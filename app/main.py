@@ -115,9 +115,10 @@ def engine_options(settings: Settings) -> tuple[RuntimeOptions, RuntimeOptions]:
     """(detector, recognizer) session options; docs/performance.md has the measurements.
 
     The detector runs in the request workers, one call per worker at once, each
-    with its share of the cores. The recognizer runs in the batcher's single
-    runner, so one call at a time with every core (a batch of faces from several
-    requests parallelises well; a lone face still gets the low latency).
+    with its share of the cores. The recognizer runs in the batcher's runners
+    (``FACEREC_RECOGNIZER_RUNNERS``, default 1), one call per runner at once, each
+    with its share of the cores: one runner gives a lone face every core (the
+    single-request latency); more raise a CPU's throughput under load.
     """
     engine = resolve_engine(settings.engine, tuple(settings.providers))
     workers = settings.resolved_inference_workers()
@@ -129,7 +130,12 @@ def engine_options(settings: Settings) -> tuple[RuntimeOptions, RuntimeOptions]:
     detector = replace(
         common, intra_op_threads=settings.resolved_intra_op_threads(), streams=workers
     )
-    recognizer = replace(common, intra_op_threads=settings.intra_op_threads or available_cores())
+    runners = settings.recognizer_runners
+    recognizer = replace(
+        common,
+        intra_op_threads=settings.intra_op_threads or max(1, available_cores() // runners),
+        streams=runners,
+    )
     return detector, recognizer
 
 
@@ -267,13 +273,14 @@ def build_service(
 def start_batcher(
     settings: Settings, recognizer: LoadedModel, metrics: Metrics
 ) -> BatchingEmbedder:
-    """The recognizer behind one batching thread shared by every request and stream."""
+    """The recognizer behind the batching runners shared by every request and stream."""
     embedder = build_embedder(recognizer)
     return BatchingEmbedder(
         embedder,
         max_batch=settings.batch_max_size or embedder.max_batch,
         max_wait_s=settings.batch_max_wait_ms / 1000,
         observe=metrics.recognizer_batch,
+        runners=settings.recognizer_runners,
     )
 
 

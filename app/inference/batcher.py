@@ -1,13 +1,15 @@
 """Cross-request micro-batching for the recognizer.
 
 Every thread that needs embeddings (HTTP requests, live streams) calls
-``BatchingEmbedder.embed`` and blocks; one runner thread takes the queued
-requests, runs them as one batch and hands each caller its own rows. A batch
-starts as soon as the runner is free: it holds what is already queued (at most
-``max_batch`` faces) and waits at most ``max_wait_s`` for more. With
-``max_wait_s = 0`` a lone request never waits; under load, requests that arrive
-while a batch runs form the next one, so batches grow with the load by
-themselves (what a GPU needs) and latency at low load is unchanged.
+``BatchingEmbedder.embed`` and blocks; a runner thread takes the queued requests,
+runs them as one batch and hands each caller its own rows. ``runners`` threads do
+this at once, one per session stream (default 1: a lone face gets every core; on a
+busy CPU two single-threaded runners embed more faces a second; on a GPU one runner
+with big batches is what pays). A batch starts as soon as a runner is free: it
+holds what is already queued (at most ``max_batch`` faces) and waits at most
+``max_wait_s`` for more. With ``max_wait_s = 0`` a lone request never waits; under
+load, requests that arrive while a batch runs form the next one, so batches grow
+with the load by themselves (what a GPU needs) and latency at low load is unchanged.
 
 A request larger than ``max_batch`` runs alone; the embedder splits it by the
 manifest's own batch limit. Batching never changes a face's embedding beyond
@@ -62,9 +64,12 @@ class BatchingEmbedder:
         max_batch: int,
         max_wait_s: float = 0.0,
         observe: BatchObserver | None = None,
+        runners: int = 1,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if runners < 1:
+            raise ValueError(f"runners must be at least 1, got {runners}")
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must not be negative, got {max_wait_s}")
         self.inner = inner
@@ -75,8 +80,12 @@ class BatchingEmbedder:
         self._pending: deque[_Request] = deque()
         self._ready = threading.Condition()
         self._closed = False
-        self._runner = threading.Thread(target=self._run, name="recognizer-batcher", daemon=True)
-        self._runner.start()
+        self._runners = [
+            threading.Thread(target=self._run, name=f"recognizer-batcher-{n}", daemon=True)
+            for n in range(runners)
+        ]
+        for runner in self._runners:
+            runner.start()
 
     def embed(self, aligned_faces: ImageArray) -> FloatArray:
         """(N, H, W, 3) crops -> (N, dim) embeddings; blocks until its batch has run."""
@@ -91,19 +100,21 @@ class BatchingEmbedder:
         return request.result.result()
 
     def close(self) -> None:
-        """Stop the runner; requests still queued fail with ``ServerBusy`` (503)."""
+        """Stop the runners; requests still queued fail with ``ServerBusy`` (503)."""
         with self._ready:
             self._closed = True
-            self._ready.notify()
-        self._runner.join()
+            self._ready.notify_all()
+        for runner in self._runners:
+            runner.join()
 
     def _run(self) -> None:
         try:
             while (batch := self._next_batch()) is not None:
                 self._execute(batch)
-        finally:  # however the runner ends, nobody is left waiting
+        finally:  # however a runner ends, nobody is left waiting, and the others stop
             with self._ready:
                 self._closed = True
+                self._ready.notify_all()
                 for request in self._pending:
                     request.result.set_exception(_closed_error())
                 self._pending.clear()

@@ -270,3 +270,56 @@ def test_concurrent_requests_through_the_batcher_get_their_own_embeddings(
         np.testing.assert_allclose(rows[0], expected[index], atol=2e-5)
     assert sum(faces for faces, _ in sizes) == len(aligned_faces)
     assert max(requests for _, requests in sizes) > 1
+
+
+class Meeting(Recording):
+    """An inner embedder whose calls wait for each other: it returns only when ``parties``
+    calls are inside it at once (else the barrier breaks after 30 s and the call fails)."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.meeting = threading.Barrier(parties, timeout=30)
+
+    def embed(self, aligned_faces: ImageArray) -> FloatArray:
+        self.meeting.wait()
+        return super().embed(aligned_faces)
+
+
+def test_two_runners_run_two_batches_at_once(
+    batcher_factory: Callable[..., BatchingEmbedder],
+) -> None:
+    inner = Meeting(parties=2)
+    batcher = batcher_factory(inner, max_batch=1, runners=2)
+    results: dict[int, FloatArray] = {}
+    run_threads(2, lambda i: results.__setitem__(i, batcher.embed(crops(i + 1))))
+    assert sorted(inner.batches) == [1, 1]
+    for index, rows in results.items():
+        assert rows.shape == (1, DIM)
+        assert rows[0, 0] == index + 1
+
+
+def test_one_runner_never_overlaps_two_batches(
+    batcher_factory: Callable[..., BatchingEmbedder],
+) -> None:
+    inner = Meeting(parties=2)
+    inner.meeting = threading.Barrier(2, timeout=1)  # what a second runner would meet
+    batcher = batcher_factory(inner, max_batch=1, runners=1)
+    with pytest.raises(threading.BrokenBarrierError):
+        batcher.embed(crops(1))
+
+
+def test_close_stops_every_runner_and_refuses_later_calls(
+    batcher_factory: Callable[..., BatchingEmbedder],
+) -> None:
+    batcher = batcher_factory(Recording(), max_batch=4, runners=3)
+    assert batcher.embed(crops(7))[0, 0] == 7
+    batcher.close()
+    assert not any(runner.is_alive() for runner in batcher._runners)
+    with pytest.raises(ServerBusy):
+        batcher.embed(crops(1))
+
+
+@pytest.mark.parametrize("runners", [0, -1])
+def test_a_batcher_needs_a_runner(runners: int) -> None:
+    with pytest.raises(ValueError, match="runners"):
+        BatchingEmbedder(Recording(), max_batch=4, runners=runners)
