@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.backbone import load_backbone
+from training.backbone import ImportedBackbone, load_backbone
 from training.base_model import resolve_base
 from training.config import FinetuneConfig, config_from_args
-from training.data import build_cropper
+from training.data import FaceCropper, build_cropper
 from training.distill import DistillConfig, DistillResult, distill
-from training.evaluation import all_pair_scores, lfw_accuracy, manifest_thresholds
+from training.evaluation import lfw_accuracy
+from training.export_cmd import export_recognizer
 from training.face_sources import load_identity_faces, load_lfw, resolve_models_dir
 from training.faces import FaceSet, split_identities
 from training.runtime import resolve_device, seed_everything
@@ -27,7 +28,6 @@ from training.torch_embed import TorchEmbedder
 logger = logging.getLogger("training")
 
 REPORT_FILE = "distill.json"
-PARITY_FACES = 32
 # The student replaces the flip-sum default, whose match threshold is at FAR 1e-5
 # (models/manifests/w600k_mbf_int8.json); manifest_thresholds falls back to the smallest
 # FAR the held-out pairs can measure.
@@ -35,11 +35,14 @@ CALIBRATION_FAR = 1e-5
 
 
 def load_folders(
-    folders: list[Path], config: FinetuneConfig, out_dir: Path, progress: bool
+    folders: list[Path],
+    config: FinetuneConfig,
+    cropper: FaceCropper,
+    out_dir: Path,
+    progress: bool,
 ) -> FaceSet:
     """The aligned faces of every identity folder, identities named ``<folder>:<identity>``
     (two data sets may both have an identity ``001``)."""
-    cropper = build_cropper(config.data.detector, resolve_models_dir(config.data.models_dir))
     sets = []
     for folder in folders:
         faces = load_identity_faces(folder, config, cropper, report_dir=out_dir, progress=progress)
@@ -59,30 +62,24 @@ def load_folders(
 
 
 def lfw_check(
-    result: DistillResult, base: torch.nn.Module, config: FinetuneConfig, device: torch.device
+    result: DistillResult, base: ImportedBackbone, config: FinetuneConfig, cropper: FaceCropper
 ) -> dict[str, Any]:
     """LFW 10-fold accuracy of the base (one pass, flip-sum) and the student (one pass)."""
     assert config.data.lfw_dir is not None
-    cropper = build_cropper(config.data.detector, resolve_models_dir(config.data.models_dir))
     pairs, faces = load_lfw(config.data.lfw_dir, config, cropper, progress=False)
     runs = {
-        "base_one_pass": (base, False),
-        "base_flip_sum": (base, True),
+        "base_one_pass": (base.module, False),
+        "base_flip_sum": (base.module, True),
         "student_one_pass": (result.module, False),
     }
+    cpu = torch.device("cpu")
     figures = {}
     for label, (module, flip) in runs.items():
-        embeddings = TorchEmbedder(module, _dim(module), device=device, flip=flip).embed(
-            faces.crops
-        )
+        embedder = TorchEmbedder(module, base.embedding_dim, device=cpu, flip=flip)
+        embeddings = embedder.embed(faces.crops)
         figures[label] = lfw_accuracy(pairs, dict(zip(faces.relpaths, embeddings, strict=True)))
         logger.info("LFW %s: %.4f", label, figures[label]["accuracy"])
     return figures
-
-
-def _dim(module: torch.nn.Module) -> int:
-    with torch.no_grad():
-        return int(module.eval()(torch.zeros(1, 3, 112, 112)).shape[1])
 
 
 def run_distill(args: argparse.Namespace) -> int:
@@ -106,7 +103,8 @@ def run_distill(args: argparse.Namespace) -> int:
         logger.warning("%s embeds one pass already: the student copies it", base.model_id)
     backbone = load_backbone(base.onnx_path)
 
-    faces = load_folders(list(args.data), config, out_dir, progress)
+    cropper = build_cropper(config.data.detector, models_dir)
+    faces = load_folders(list(args.data), config, cropper, out_dir, progress)
     train_ids, val_ids = split_identities(
         faces.identities, config.data.val_identities, config.data.split_seed
     )
@@ -120,28 +118,9 @@ def run_distill(args: argparse.Namespace) -> int:
     )
     result = distill(backbone, train.crops, val.crops, settings, device=device, progress=progress)
 
-    from training.export import MODEL_FILE, check_parity, export_onnx, write_manifest
-
     student = result.module.cpu().eval()
-    model_path = out_dir / MODEL_FILE
-    export_onnx(student, model_path, opset=config.export.opset)
-    picks = np.linspace(0, len(val) - 1, min(PARITY_FACES, len(val))).astype(int)
-    min_cosine = check_parity(
-        student, model_path, val.crops[picks], min_cosine=config.export.parity_min_cosine
-    )
     cpu = torch.device("cpu")
     embedder = TorchEmbedder(student, backbone.embedding_dim, device=cpu, flip=False)
-    genuine, impostor = all_pair_scores(embedder.embed(val.crops), val.identities)
-    thresholds = manifest_thresholds(
-        genuine,
-        impostor,
-        CALIBRATION_FAR,
-        described_as=(
-            f"the {len(val)} faces of the {len(val_ids)} held-out identities of "
-            f"{', '.join(str(d) for d in args.data)}, detector {config.data.detector}, "
-            "largest face, one pass; recalibrate on LFW with bench.calibration"
-        ),
-    )
     metrics: dict[str, Any] = {
         "held_out_cosine_to_flip_sum": {
             "base_one_pass": round(result.base_val_cosine, 6),
@@ -153,15 +132,22 @@ def run_distill(args: argparse.Namespace) -> int:
         ],
     }
     if config.data.lfw_dir is not None:
-        metrics["lfw"] = lfw_check(result, backbone.module, config, torch.device("cpu"))
-    manifest = write_manifest(
-        out_dir,
-        onnx_path=model_path,
-        name=args.name or f"{base.manifest.name}_onepass",
+        metrics["lfw"] = lfw_check(result, backbone, config, cropper)
+    export = config.export.model_copy(
+        update={
+            "name": args.name or f"{base.manifest.name}_onepass",
+            "flip": False,
+            "calibration_far": CALIBRATION_FAR,
+        }
+    )
+    manifest, min_cosine = export_recognizer(
+        student,
+        backbone.embedding_dim,
+        out_dir=out_dir,
+        config=config.model_copy(update={"export": export}),
+        val=val,
+        val_embeddings=embedder.embed(val.crops),
         base_model=backbone.source_ref,
-        thresholds=thresholds,
-        embedding_dim=backbone.embedding_dim,
-        flip=False,
         training={
             "recipe": "self-distillation of the base model's flip-sum embedding (one pass)",
             "base_manifest": base.model_id,
@@ -170,7 +156,6 @@ def run_distill(args: argparse.Namespace) -> int:
             "train_identities": len(train_ids),
             "held_out_identities": val_ids,
             "best_epoch": result.best_epoch,
-            "parity_min_cosine": min_cosine,
             "train_last": settings.train_last,
             "epochs": settings.epochs,
             "lr": settings.lr,
@@ -178,6 +163,7 @@ def run_distill(args: argparse.Namespace) -> int:
             "seed": settings.seed,
         },
         metrics=metrics,
+        source=", ".join(str(d) for d in args.data),
     )
     (out_dir / REPORT_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(metrics["held_out_cosine_to_flip_sum"]))

@@ -48,9 +48,12 @@ def export_recognizer(
     base_model: str,
     training: dict[str, Any],
     metrics: dict[str, Any],
+    source: str | None = None,
 ) -> tuple[Path, float]:
     """ONNX + parity on real validation faces + threshold calibrated on the validation
-    identities' different-identity pairs + manifest. Returns (manifest path, min cosine)."""
+    identities' different-identity pairs + manifest. Returns (manifest path, min cosine).
+
+    ``source`` says where the faces came from (default: the configuration's data)."""
     from training.export import MODEL_FILE, check_parity, export_onnx, write_manifest
 
     model_path = out_dir / MODEL_FILE
@@ -66,7 +69,7 @@ def export_recognizer(
         config.export.calibration_far,
         described_as=(
             f"the {len(val)} faces of the {len(set(val.identities))} validation identities "
-            f"(held out from training) of {source_label(config, training)}, detector "
+            f"(held out from training) of {source or source_label(config, training)}, detector "
             f"{config.data.detector}, largest face"
             + (", flip-sum embeddings" if config.export.flip else "")
         ),
