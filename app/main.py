@@ -68,7 +68,15 @@ from app.stream.metrics import StreamMetrics
 from app.stream.reid import ReidPolicy
 from app.stream.session import StreamEngine, TrackRule, VoteRule
 from app.stream.unknowns import UnknownStore
-from app.swap import ClaimJob, ModelSwitcher, PointerWatch, Serving, SwapGallery, SyncPacing
+from app.swap import (
+    ClaimJob,
+    ModelSwitcher,
+    PointerWatch,
+    Serving,
+    SwapGallery,
+    SyncPacing,
+    no_other_claimants,
+)
 
 if TYPE_CHECKING:
     from app.gallery.postgres.generations import PostgresGenerations
@@ -392,7 +400,7 @@ def switcher_claim(store: EmbeddedGenerations | PostgresGenerations) -> ClaimJob
     """One job at a time across the replicas of a PostgreSQL gallery (one process
     owns an embedded gallery: nothing to claim)."""
     if isinstance(store, EmbeddedGenerations):
-        return lambda: lambda: None
+        return no_other_claimants
     return store.claim_job
 
 

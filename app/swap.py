@@ -83,7 +83,8 @@ class SwapStore(GenerationStore, Protocol):
 ClaimJob = Callable[[], Callable[[], None]]
 
 
-def _no_other_claimants() -> Callable[[], None]:
+def no_other_claimants() -> Callable[[], None]:
+    """The claim of a gallery one process owns (embedded): nothing to wait for."""
     return lambda: None
 
 
@@ -175,7 +176,7 @@ class ModelSwitcher:
         models_dir: Path,
         store_aligned_crops: bool,
         pacing: SyncPacing = SyncPacing(),
-        claim: ClaimJob = _no_other_claimants,
+        claim: ClaimJob = no_other_claimants,
     ) -> None:
         """``claim``: the job lock shared with other processes serving the same gallery."""
         self._claim = claim
