@@ -75,7 +75,9 @@ def test_the_service_builds_without_the_postgres_driver_when_no_url_is_set(
 def test_serve_with_a_url_but_no_driver_exits_with_one_line_naming_the_extra(
     models_dir: Path, tmp_path: Path
 ) -> None:
-    code = WITHOUT_DRIVER + "from app.cli import main\nsys.exit(main(['serve']))\n"
+    # A port of its own: a service already on 8000 must not change what this test sees.
+    serve = f"sys.exit(main(['serve', '--port', '{free_port()}']))\n"
+    code = WITHOUT_DRIVER + "from app.cli import main\n" + serve
     result = run_python(
         code,
         models_dir,
@@ -94,7 +96,8 @@ def test_serve_with_an_unreachable_database_exits_with_one_line_and_no_password(
     models_dir: Path, tmp_path: Path
 ) -> None:
     port = free_port()  # nothing listens there
-    code = "import sys\nfrom app.cli import main\nsys.exit(main(['serve']))\n"
+    serve = f"sys.exit(main(['serve', '--port', '{free_port()}']))\n"
+    code = "import sys\nfrom app.cli import main\n" + serve
     result = run_python(
         code,
         models_dir,
