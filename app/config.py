@@ -183,6 +183,12 @@ class Settings(BaseSettings):
         default_factory=lambda: ["CPU"],
         description="OpenVINO devices, comma separated; every one is required",
     )
+    openvino_precision: Literal["auto", "f32", "bf16"] = Field(
+        "auto",
+        description="OpenVINO CPU precision: auto = the recognizer in bf16 where the CPU has "
+        "it natively (AVX512-BF16, AMX; 1.3-1.6x faster), the detector in f32; bf16 = both "
+        "(refused on a CPU without it); f32 = both",
+    )
     batch_max_size: int = Field(
         0, ge=0, description="recognizer faces per batch across requests, 0 = the manifest's"
     )

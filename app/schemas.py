@@ -198,6 +198,7 @@ class ModelReadiness(BaseModel):
         description="onnxruntime providers, or OpenVINO devices, actually in use"
     )
     engine: str = Field(description="inference engine running the model: onnxruntime or openvino")
+    precision: str = Field(description="what the model computes in: f32, or bf16 (OpenVINO)")
 
 
 class ReadyResponse(BaseModel):

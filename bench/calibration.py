@@ -461,6 +461,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="catalog name or manifest path; repeat to measure several side by side",
     )
     parser.add_argument(
+        "--precision",
+        choices=("f32", "auto", "bf16"),
+        default="f32",
+        help="OpenVINO precision of the in-process services (default f32: the reference "
+        "arithmetic every CPU reproduces; bf16 moves thresholds by ~1e-3, docs/performance.md)",
+    )
+    parser.add_argument(
         "--int8-as-is",
         action="store_true",
         help="also each dequantizing recognizer with its INT8 file run as is (reported only)",
@@ -513,6 +520,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
             models_dir=args.models_dir,
             detector=args.detector,
             recognizers=[(c.label, c.recognizer) for c in chosen],
+            precision=args.precision,
         ) as services:
             if args.url:
                 chosen = [Contender(args.url, None, None)]

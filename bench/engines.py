@@ -4,8 +4,10 @@
     python -m bench.engines --rounds 5
 
 The model bytes are those the service loads (manifest import steps applied). Per
-(model, input, threads): median ms per call of each engine over ``--runs`` calls,
-``--rounds`` rounds alternating the engines; the ratio is onnxruntime / OpenVINO.
+(model, input, threads): median ms per call of each contender over ``--runs`` calls,
+``--rounds`` rounds alternating them: onnxruntime, OpenVINO in f32 and, on a CPU that
+computes bf16 natively, OpenVINO in bf16 (the service's ``auto`` precision there). The
+speed-ups are onnxruntime / OpenVINO f32 and OpenVINO f32 / bf16.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from app.inference.catalog import resolve_manifest
 from app.inference.engines.base import EngineSession, RuntimeOptions
+from app.inference.engines.openvino_session import cpu_computes_bf16
 from app.inference.manifest import resolve_model_file
 from app.inference.session import create_session
 from bench.common import add_model_arguments, format_table, machine_description, print_machine
@@ -32,10 +35,17 @@ CASES = (
 )
 
 
-def session(name: str, engine: str, threads: int, args: argparse.Namespace) -> EngineSession:
+CONTENDERS = {"onnxruntime": ("onnxruntime", "f32"), "openvino f32": ("openvino", "f32")}
+BF16 = {"openvino bf16": ("openvino", "bf16")}
+
+
+def session(
+    name: str, contender: tuple[str, str], threads: int, args: argparse.Namespace
+) -> EngineSession:
     manifest, manifest_path = resolve_manifest(name)
     path = resolve_model_file(manifest, [manifest_path.parent, args.models_dir])
-    options = RuntimeOptions(engine=engine, intra_op_threads=threads)  # type: ignore[arg-type]
+    engine, precision = contender
+    options = RuntimeOptions(engine=engine, intra_op_threads=threads, precision=precision)  # type: ignore[arg-type]
     return create_session(manifest, path, options)
 
 
@@ -56,27 +66,41 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     print_machine(machine_description())
+    contenders = {**CONTENDERS, **(BF16 if cpu_computes_bf16() else {})}
     rows = []
     rng = np.random.default_rng(0)
     for name, shape in CASES:
         feed = {"input.1": rng.random(shape, dtype=np.float32)}
         for threads in (1, 2):
-            sessions = {e: session(name, e, threads, args) for e in ("onnxruntime", "openvino")}
-            results: dict[str, list[float]] = {e: [] for e in sessions}
+            sessions = {k: session(name, c, threads, args) for k, c in contenders.items()}
+            results: dict[str, list[float]] = {k: [] for k in sessions}
             for round_number in range(args.rounds):
                 order = list(sessions) if round_number % 2 == 0 else list(sessions)[::-1]
-                for engine in order:
-                    results[engine].append(
-                        median_ms(partial(sessions[engine].run, feed), args.runs)
-                    )
-            ort_ms = statistics.median(results["onnxruntime"])
-            ov_ms = statistics.median(results["openvino"])
-            size = "x".join(str(v) for v in shape)
+                for key in order:
+                    results[key].append(median_ms(partial(sessions[key].run, feed), args.runs))
+            ms = {key: statistics.median(times) for key, times in results.items()}
+            bf16 = ms.get("openvino bf16")
             rows.append(
-                (name, size, threads, f"{ort_ms:.2f}", f"{ov_ms:.2f}", f"{ort_ms / ov_ms:.2f}x")
+                (
+                    name,
+                    "x".join(str(v) for v in shape),
+                    threads,
+                    *(f"{ms[key]:.2f}" for key in contenders),
+                    f"{ms['onnxruntime'] / ms['openvino f32']:.2f}x",
+                    "-" if bf16 is None else f"{ms['openvino f32'] / bf16:.2f}x",
+                )
             )
-    headers = ("model", "input", "threads", "onnxruntime ms", "openvino ms", "openvino speed-up")
+    headers = (
+        "model",
+        "input",
+        "threads",
+        *(f"{key} ms" for key in contenders),
+        "openvino f32 speed-up",
+        "bf16 speed-up",
+    )
     print(format_table(headers, rows))
+    if "openvino bf16" not in contenders:
+        print("this CPU has no native bf16: OpenVINO bf16 not measured")
     print(f"load average (1m) {machine_description()['load_average_1m_5m'][0]:.2f} at the end")
 
 

@@ -57,9 +57,11 @@ def open_services(
     models_dir: Path,
     detector: str | None,
     recognizers: Sequence[tuple[str, str | None]],
+    precision: str | None = None,
 ) -> Iterator[list[Service]]:
     """A client for ``url``, or one in-process app per ``(label, recognizer)`` (None: the
-    default), each on its own temporary gallery with API keys off."""
+    default), each on its own temporary gallery with API keys off; ``precision`` sets
+    their ``FACEREC_OPENVINO_PRECISION`` (None: the environment's, else ``auto``)."""
     if url:
         headers = {"X-API-Key": api_key} if api_key else None
         with httpx.Client(base_url=url, timeout=HTTP_TIMEOUT_S, headers=headers) as client:
@@ -73,12 +75,14 @@ def open_services(
         for label, recognizer in recognizers:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
             models = {"detector": detector, "recognizer": recognizer}
+            chosen = {"openvino_precision": precision} if precision else {}
             settings = Settings(
                 models_dir=models_dir,
                 data_dir=data_dir,
                 log_level="WARNING",
                 auth=False,
                 **{field: value for field, value in models.items() if value},  # type: ignore[arg-type]
+                **chosen,  # type: ignore[arg-type]
             )
             client = stack.enter_context(TestClient(create_app(settings)))
             services.append(_ready(label, client))

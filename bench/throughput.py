@@ -481,9 +481,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 ready = server.ready_body()
                 print(
                     f"{server.name}: detector {ready['detector']['model_id']} on "
-                    f"{ready['detector']['engine']} {ready['detector']['providers']}, "
+                    f"{ready['detector']['engine']} {ready['detector']['providers']} "
+                    f"{ready['detector']['precision']}, "
                     f"recognizer {ready['recognizer']['model_id']} on "
-                    f"{ready['recognizer']['engine']}; settings {env or 'default'}"
+                    f"{ready['recognizer']['engine']} {ready['recognizer']['precision']}; "
+                    f"settings {env or 'default'}"
                 )
             print(
                 "wrapper: insightface FaceAnalysis det_size (640, 640), default sessions, "

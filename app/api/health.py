@@ -26,6 +26,7 @@ def _readiness(model: LoadedModel) -> ModelReadiness:
         sha256=model.manifest.sha256,
         providers=model.providers,
         engine=model.engine,
+        precision=model.session.precision,
     )
 
 

@@ -47,6 +47,11 @@ def create_session(
             f"model inputs are {list(session.input_names)}"
         )
     logger.info(
-        "loaded %s (%s) on %s %s", manifest.name, model_path, session.engine, session.devices
+        "loaded %s (%s) on %s %s in %s",
+        manifest.name,
+        model_path,
+        session.engine,
+        session.devices,
+        session.precision,
     )
     return session

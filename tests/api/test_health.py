@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from fastapi.testclient import TestClient
 
 from app.inference.catalog import resolve_manifest
+from app.inference.engines.openvino_session import cpu_computes_bf16
 
 if TYPE_CHECKING:
     from conftest import ClientFactory, Enroll, Identify, LfwPhoto
@@ -41,6 +42,10 @@ def test_ready_describes_the_loaded_models(client: TestClient) -> None:
         # FACEREC_ENGINE=auto on a CPU install with OpenVINO: its CPU device.
         assert model["engine"] == "openvino"
         assert model["providers"] == ["CPU"]
+    # FACEREC_OPENVINO_PRECISION=auto: the recognizer in bf16 where this CPU computes it
+    # natively, the detector in f32.
+    assert body["recognizer"]["precision"] == ("bf16" if cpu_computes_bf16() else "f32")
+    assert body["detector"]["precision"] == "f32"
 
 
 def test_ready_reports_the_recognizer_threshold(client: TestClient) -> None:

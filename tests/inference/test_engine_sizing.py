@@ -40,3 +40,21 @@ def test_explicit_threads_win(cores: int) -> None:
 def test_a_recognizer_needs_a_runner() -> None:
     with pytest.raises(ValidationError, match="recognizer_runners"):
         Settings(recognizer_runners=0)
+
+
+@pytest.mark.parametrize(
+    ("choice", "devices", "detector", "recognizer"),
+    [
+        # auto: bf16 (where the CPU has it) for the recognizer only; docs/performance.md.
+        ("auto", ["CPU"], "f32", "auto"),
+        ("f32", ["CPU"], "f32", "f32"),
+        ("bf16", ["CPU"], "bf16", "bf16"),
+        ("auto", ["GPU"], "auto", "auto"),
+    ],
+)
+def test_auto_precision_keeps_the_detector_in_f32_on_the_cpu(
+    choice: str, devices: list[str], detector: str, recognizer: str
+) -> None:
+    settings = Settings(engine="openvino", openvino_precision=choice, openvino_devices=devices)  # type: ignore[arg-type]
+    detector_options, recognizer_options = engine_options(settings)
+    assert (detector_options.precision, recognizer_options.precision) == (detector, recognizer)

@@ -12,6 +12,7 @@ from app.inference.engines import factory
 from app.inference.engines.openvino_session import (
     check_devices_available,
     check_devices_in_use,
+    resolve_precision,
 )
 from app.inference.session import RuntimeOptions, create_session
 
@@ -65,6 +66,49 @@ def test_openvino_session_on_the_cpu_reports_its_device(models_dir: Path) -> Non
     assert session.devices == ("CPU",)  # type: ignore[attr-defined]
     assert session.input_names == ("input.1",)  # type: ignore[attr-defined]
     assert len(session.output_names) == 9  # type: ignore[attr-defined]
+
+
+def test_openvino_session_reports_the_precision_it_computes_in(models_dir: Path) -> None:
+    f32 = load(models_dir, engine="openvino", precision="f32")
+    onnxruntime = load(models_dir, engine="onnxruntime", precision="bf16")
+
+    assert f32.precision == "f32"  # type: ignore[attr-defined]
+    assert onnxruntime.precision == "f32"  # type: ignore[attr-defined]
+
+
+NATIVE_BF16 = ("BF16", "FP32", "INT8")
+NO_BF16 = ("FP32", "INT8")
+
+
+@pytest.mark.parametrize(
+    ("choice", "capabilities", "precision"),
+    [
+        ("auto", NATIVE_BF16, "bf16"),
+        ("auto", NO_BF16, "f32"),
+        ("f32", NATIVE_BF16, "f32"),
+        ("bf16", NATIVE_BF16, "bf16"),
+    ],
+)
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it_natively(
+    choice: str, capabilities: tuple[str, ...], precision: str
+) -> None:
+    assert resolve_precision(choice, ["CPU"], capabilities) == precision  # type: ignore[arg-type]
+
+
+def test_bf16_asked_for_on_a_cpu_without_it_is_refused() -> None:
+    # OpenVINO would emulate it, slower than f32, and say nothing.
+    with pytest.raises(ProviderUnavailable, match="no native bf16") as raised:
+        resolve_precision("bf16", ["CPU"], NO_BF16)
+
+    assert raised.value.code == "provider_unavailable"
+    assert "FACEREC_OPENVINO_PRECISION" in raised.value.message
+
+
+def test_auto_leaves_a_non_cpu_device_its_own_precision_and_bf16_there_is_refused() -> None:
+    assert resolve_precision("auto", ["GPU"], ()) is None
+    assert resolve_precision("f32", ["GPU", "CPU"], ()) == "f32"
+    with pytest.raises(ProviderUnavailable, match="CPU only"):
+        resolve_precision("bf16", ["GPU"], ())
 
 
 def test_openvino_device_this_machine_lacks_is_refused(models_dir: Path) -> None:

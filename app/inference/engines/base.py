@@ -10,6 +10,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 EngineName = Literal["onnxruntime", "openvino"]
+# What a graph computes in: "f32", or "bf16" (OpenVINO on a CPU with native bf16).
+Precision = Literal["f32", "bf16"]
+PrecisionChoice = Literal["auto", "f32", "bf16"]
 Tensor = NDArray[np.float32]
 
 
@@ -30,6 +33,11 @@ class EngineSession(Protocol):
         """What actually runs the graph: onnxruntime providers or OpenVINO devices."""
         ...
 
+    @property
+    def precision(self) -> str:
+        """What the graph computes in, as the engine reports it (``f32``, ``bf16``)."""
+        ...
+
     def run(self, feeds: Mapping[str, Tensor]) -> list[Tensor]:
         """Outputs in the graph's output order."""
         ...
@@ -44,9 +52,12 @@ class RuntimeOptions:
     on fewer. ``intra_op_threads`` is the thread budget of one session; ``streams``
     how many calls one session runs at once (OpenVINO splits the threads among
     them; onnxruntime shares one pool among concurrent calls). ``precision`` is the
-    OpenVINO CPU inference precision: ``f32`` keeps outputs equal to
-    onnxruntime's, ``bf16`` is faster on CPUs with AVX512-BF16/AMX and changes
-    embeddings (cos ~0.9995), so it is a different embedding space.
+    OpenVINO CPU inference precision: ``f32`` keeps outputs equal to onnxruntime's;
+    ``bf16`` runs 1.4-1.8x faster on CPUs with native bf16 (AVX512-BF16, AMX) and moves
+    embeddings by cos ~1e-3, far inside the model's own noise (docs/performance.md
+    "Precision"); ``auto`` is bf16 where the CPU has it natively, f32 elsewhere (the
+    composition root gives the detector f32 instead of ``auto``: ``detector_precision``).
+    onnxruntime computes in f32 whatever is asked.
     """
 
     engine: EngineName = "onnxruntime"
@@ -55,4 +66,4 @@ class RuntimeOptions:
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     streams: int = 1
-    precision: Literal["f32", "bf16"] = "f32"
+    precision: PrecisionChoice = "f32"

@@ -28,7 +28,13 @@ import numpy as np
 import openvino as ov
 
 from app.errors import ModelError, ProviderUnavailable
-from app.inference.engines.base import EngineName, RuntimeOptions, Tensor
+from app.inference.engines.base import (
+    EngineName,
+    Precision,
+    PrecisionChoice,
+    RuntimeOptions,
+    Tensor,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,7 @@ class OpenVinoSession:
     def __init__(self, compiled: ov.CompiledModel, devices: tuple[str, ...]) -> None:
         self._compiled = compiled
         self._devices = devices
+        self._precision = _compiled_precision(compiled)
         self._inputs = tuple(port.any_name for port in compiled.inputs)
         self._outputs = tuple(port.any_name for port in compiled.outputs)
         self._idle: queue.SimpleQueue[ov.InferRequest] = queue.SimpleQueue()
@@ -65,6 +72,10 @@ class OpenVinoSession:
     @property
     def devices(self) -> tuple[str, ...]:
         return self._devices
+
+    @property
+    def precision(self) -> str:
+        return self._precision
 
     def run(self, feeds: Mapping[str, Tensor]) -> list[Tensor]:
         with self._request() as request:
@@ -92,9 +103,10 @@ def create_openvino_session(
     devices = tuple(options.devices)
     check_devices_available(devices, core.available_devices)
     target = devices[0] if len(devices) == 1 else "HETERO:" + ",".join(devices)
+    precision = resolve_precision(options.precision, devices, _capabilities(core, devices))
     try:
         model = core.read_model(model_bytes)
-        compiled = core.compile_model(model, target, _config(devices, options))
+        compiled = core.compile_model(model, target, _config(devices, options, precision))
     except Exception as exc:  # OpenVINO raises RuntimeError with its own messages
         raise ModelError(f"OpenVINO could not load {name} on {target}: {exc}") from exc
     in_use = tuple(str(device) for device in compiled.get_property("EXECUTION_DEVICES"))
@@ -117,15 +129,66 @@ def prime_type_conversions() -> None:
         np.asarray(probe.data)
 
 
-def _config(devices: Sequence[str], options: RuntimeOptions) -> dict[str, Any]:
+def _compiled_precision(compiled: ov.CompiledModel) -> str:
+    try:
+        return str(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
+    except RuntimeError:  # HETERO and some device plugins do not report it
+        return "device default"
+
+
+def _capabilities(core: ov.Core, devices: Sequence[str]) -> tuple[str, ...]:
     if tuple(devices) != ("CPU",):
-        return {"PERFORMANCE_HINT": "LATENCY"}
+        return ()
+    return tuple(str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU runs bf16 natively (what ``auto`` precision picks bf16 for)."""
+    return "BF16" in _capabilities(ov.Core(), ["CPU"])
+
+
+def resolve_precision(
+    choice: PrecisionChoice, devices: Sequence[str], cpu_capabilities: Sequence[str]
+) -> Precision | None:
+    """The inference precision to ask for; None leaves a non-CPU device its own default.
+
+    On the CPU, ``auto`` is bf16 where it computes bf16 natively (OpenVINO lists
+    ``BF16``: AVX512-BF16 or AMX) and f32 elsewhere. ``bf16`` is refused on a CPU
+    without it (OpenVINO would emulate it, slower than f32, and say nothing) and on
+    other devices. ``f32`` is passed to any device.
+    """
+    cpu = tuple(devices) == ("CPU",)
+    native = cpu and "BF16" in cpu_capabilities
+    if choice == "auto":
+        return ("bf16" if native else "f32") if cpu else None
+    if choice == "bf16" and not cpu:
+        raise ProviderUnavailable(
+            "FACEREC_OPENVINO_PRECISION=bf16 applies to FACEREC_OPENVINO_DEVICES=CPU "
+            f"only, not {list(devices)}",
+            requested=list(devices),
+        )
+    if choice == "bf16" and not native:
+        raise ProviderUnavailable(
+            "FACEREC_OPENVINO_PRECISION=bf16 but this CPU has no native bf16 (AVX512-BF16 "
+            f"or AMX; OpenVINO lists {list(cpu_capabilities)}); use auto or f32",
+            requested=["CPU"],
+            available=list(cpu_capabilities),
+        )
+    return choice
+
+
+def _config(
+    devices: Sequence[str], options: RuntimeOptions, precision: Precision | None
+) -> dict[str, Any]:
+    hint = {} if precision is None else {"INFERENCE_PRECISION_HINT": precision}
+    if tuple(devices) != ("CPU",):
+        return {"PERFORMANCE_HINT": "LATENCY", **hint}
     return {
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": options.streams,
         # intra_op_threads is per call; OpenVINO divides its total among the streams.
         "INFERENCE_NUM_THREADS": options.intra_op_threads * options.streams,
-        "INFERENCE_PRECISION_HINT": options.precision,
+        **hint,
         # Pinning threads to cores helps a machine this process owns; it hurts
         # in containers and on hosts shared with other work, the common case.
         "ENABLE_CPU_PINNING": False,

@@ -45,6 +45,10 @@ class OrtSession:
     def devices(self) -> tuple[str, ...]:
         return tuple(self.session.get_providers())
 
+    @property
+    def precision(self) -> str:
+        return "f32"
+
     def run(self, feeds: Mapping[str, Tensor]) -> list[Tensor]:
         outputs = self.session.run(None, dict(feeds))
         return [np.asarray(output, dtype=np.float32) for output in outputs]
