@@ -53,7 +53,7 @@ class RuntimeOptions:
     how many calls one session runs at once (OpenVINO splits the threads among
     them; onnxruntime shares one pool among concurrent calls). ``precision`` is the
     OpenVINO CPU inference precision: ``f32`` keeps outputs equal to onnxruntime's;
-    ``bf16`` runs 1.4-1.8x faster on CPUs with native bf16 (AVX512-BF16, AMX) and moves
+    ``bf16`` runs 1.3-1.8x faster on CPUs with native bf16 (AVX512-BF16, AMX) and moves
     embeddings by cos ~1e-3, far inside the model's own noise (docs/performance.md
     "Precision"); ``auto`` is bf16 where the CPU has it natively, f32 elsewhere (the
     composition root gives the detector f32 instead of ``auto``: ``detector_precision``).

@@ -103,7 +103,7 @@ def create_openvino_session(
     devices = tuple(options.devices)
     check_devices_available(devices, core.available_devices)
     target = devices[0] if len(devices) == 1 else "HETERO:" + ",".join(devices)
-    precision = resolve_precision(options.precision, devices, _capabilities(core, devices))
+    precision = resolve_precision(options.precision, devices, _cpu_capabilities(core))
     try:
         model = core.read_model(model_bytes)
         compiled = core.compile_model(model, target, _config(devices, options, precision))
@@ -136,15 +136,13 @@ def _compiled_precision(compiled: ov.CompiledModel) -> str:
         return "device default"
 
 
-def _capabilities(core: ov.Core, devices: Sequence[str]) -> tuple[str, ...]:
-    if tuple(devices) != ("CPU",):
-        return ()
+def _cpu_capabilities(core: ov.Core) -> tuple[str, ...]:
     return tuple(str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 def cpu_computes_bf16() -> bool:
     """Whether this CPU runs bf16 natively (what ``auto`` precision picks bf16 for)."""
-    return "BF16" in _capabilities(ov.Core(), ["CPU"])
+    return "BF16" in _cpu_capabilities(ov.Core())
 
 
 def resolve_precision(
