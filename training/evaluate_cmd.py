@@ -108,6 +108,18 @@ class Evaluations:
     summaries: dict[str, dict[str, dict[str, Any]]]
 
 
+def unique_label(name: str, ref: str, taken: list[str]) -> str:
+    """A model's column: its manifest name, or ``name (ref)`` when an earlier model has
+    that name (two fine-tuned runs are both called ``finetuned`` by default)."""
+    if name not in taken:
+        return name
+    label = f"{name} ({ref})"
+    suffix = 2
+    while label in taken:
+        label, suffix = f"{name} ({ref}) #{suffix}", suffix + 1
+    return label
+
+
 def evaluate_models(
     args: argparse.Namespace,
     sets: dict[str, FaceSet],
@@ -125,7 +137,7 @@ def evaluate_models(
             ref, "recognizer", models_dir=models_dir, catalog_dir=None, options=options
         )
         embedder = build_embedder(model)
-        label = model.manifest.name
+        label = unique_label(model.manifest.name, ref, done.labels)
         if args.gate:
             label = ("serving", "candidate")[position]
         done.labels.append(label)

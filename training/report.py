@@ -36,7 +36,8 @@ def _lookup(summary: dict[str, Any], path: Sequence[str]) -> float | None:
 def format_table(summaries: dict[str, dict[str, Any]]) -> str:
     """Headline figures side by side (percent), with the change against the first column."""
     names = list(summaries)
-    header = f"{'metric':<30}" + "".join(f"{n:>16}" for n in names)
+    widths = [max(16, len(name) + 2) for name in names]
+    header = f"{'metric':<30}" + "".join(f"{n:>{w}}" for n, w in zip(names, widths, strict=True))
     if len(names) > 1:
         header += f"{'change':>10}"
     lines = [header, "-" * len(header)]
@@ -44,7 +45,10 @@ def format_table(summaries: dict[str, dict[str, Any]]) -> str:
         values = [_lookup(summaries[n], path) for n in names]
         if all(v is None for v in values):
             continue
-        cells = "".join(f"{'' if v is None else f'{100 * v:.2f}':>16}" for v in values)
+        cells = "".join(
+            f"{'' if v is None else f'{100 * v:.2f}':>{w}}"
+            for v, w in zip(values, widths, strict=True)
+        )
         if len(names) > 1 and values[0] is not None and values[-1] is not None:
             cells += f"{100 * (values[-1] - values[0]):>+10.2f}"
         lines.append(f"{label:<30}{cells}")

@@ -44,3 +44,27 @@ def test_roc_plot_is_written_as_png(tmp_path: Path) -> None:
     )
     path = plot_roc({"model": result.curve}, tmp_path / "roc.png", "test")
     assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_table_keeps_long_model_names_apart() -> None:
+    from training.report import format_table
+
+    def summary(tar: float) -> dict[str, object]:
+        return {"verification": {"frontal_profile": {"tar_at_far": {"1e-3": tar}}}}
+
+    long_name = "finetuned (runs/cfp-anchored/manifest.json)"
+    table = format_table(
+        {"base": summary(0.9652), "finetuned": summary(0.9696), long_name: summary(0.9629)}
+    )
+    header, rule, row = table.splitlines()
+    assert header.split()[1:] == [
+        "base",
+        "finetuned",
+        "finetuned",
+        "(runs/cfp-anchored/manifest.json)",
+        "change",
+    ]
+    assert row.split() == ["frontal-profile", "TAR@FAR=1e-3", "96.52", "96.96", "96.29", "-0.23"]
+    # Each figure ends under the end of its model's name.
+    assert row.index("96.29") + len("96.29") == header.index(long_name) + len(long_name)
+    assert len(rule) == len(header)

@@ -295,6 +295,9 @@ def test_evaluate_scores_several_recognizers_on_the_validation_identities(
             "w600k_mbf_int8",
             "--recognizer",
             str(finetuned / "manifest.json"),
+            # Two manifests of one name (every run is "finetuned" by default) keep both.
+            "--recognizer",
+            str(finetuned / "manifest.json"),
             "--data",
             str(small_data),
             "--split",
@@ -306,7 +309,10 @@ def test_evaluate_scores_several_recognizers_on_the_validation_identities(
     )
     assert code == 0
     models = json.loads((tmp_path / "metrics.json").read_text())["models"]
-    assert set(models) == {"w600k_mbf_int8", "finetuned"}
+    again = f"finetuned ({finetuned / 'manifest.json'})"
+    assert set(models) == {"w600k_mbf_int8", "finetuned", again}
+    assert models[again] == models["finetuned"]
+    assert again in (tmp_path / "report.txt").read_text()
     for summary in models.values():
         assert summary["verification"]["frontal_profile"]["genuine_pairs"] == 4 * 3 * 2
     assert (tmp_path / "roc_frontal_profile.png").is_file()
