@@ -186,7 +186,7 @@ class Settings(BaseSettings):
     openvino_precision: Literal["auto", "f32", "bf16"] = Field(
         "auto",
         description="OpenVINO CPU precision: auto = the recognizer in bf16 where the CPU has "
-        "it natively (AVX512-BF16, AMX; 1.3-1.6x faster), the detector in f32; bf16 = both "
+        "it natively (AVX512-BF16, AMX; 1.3-1.8x faster), the detector in f32; bf16 = both "
         "(refused on a CPU without it); f32 = both",
     )
     batch_max_size: int = Field(

@@ -20,7 +20,7 @@ from app.inference.arcface import ArcFaceEmbedder
 from app.inference.engines.openvino_session import cpu_computes_bf16
 from app.inference.image import decode_image
 from app.inference.loader import build_detector, build_embedder, load_model
-from app.inference.scrfd import ScrfdDetector
+from app.inference.scrfd import ScrfdDetector, box_iou
 from app.inference.session import RuntimeOptions
 from bench.common import list_images
 
@@ -140,14 +140,6 @@ def test_bf16_recognizer_stays_close_to_f32_on_the_same_crops(
     assert cosines.min() >= 0.995  # 0.9965 at worst over 313 LFW, CFP and photo faces
 
 
-def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union
-
-
 def pipeline_embeddings(
     detector: ScrfdDetector, embedder: ArcFaceEmbedder, image: ImageArray
 ) -> tuple[list[tuple[float, ...]], NDArray[np.float32]]:
@@ -167,7 +159,7 @@ def embeddings_of_the_same_faces(
     assert len(boxes) == len(reference_boxes)
     order = []
     for box in reference_boxes:
-        overlaps = [iou(box, other) for other in boxes]
+        overlaps = [box_iou(box, other) for other in boxes]
         assert max(overlaps) >= 0.5, "a face found in f32 is missing"
         order.append(int(np.argmax(overlaps)))
     return embeddings[order]
