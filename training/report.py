@@ -1,4 +1,4 @@
-"""Reports of evaluations: the headline table (percent, change against the first model),
+"""Reports of evaluations: the headline table (percent, changes against the first model),
 ROC plots per protocol, JSON files, the per-epoch CSV log."""
 
 from __future__ import annotations
@@ -34,25 +34,30 @@ def _lookup(summary: dict[str, Any], path: Sequence[str]) -> float | None:
 
 
 def format_table(summaries: dict[str, dict[str, Any]]) -> str:
-    """Headline figures side by side (percent), with the change against the first column."""
+    """Headline figures side by side (percent); each model after the first carries its
+    change against the first in brackets, e.g. ``96.96 (+0.44)``."""
     names = list(summaries)
-    widths = [max(16, len(name) + 2) for name in names]
+    widths = [max(16 if i == 0 else 18, len(name) + 2) for i, name in enumerate(names)]
     header = f"{'metric':<30}" + "".join(f"{n:>{w}}" for n, w in zip(names, widths, strict=True))
-    if len(names) > 1:
-        header += f"{'change':>10}"
     lines = [header, "-" * len(header)]
     for label, path in HEADLINE_ROWS:
         values = [_lookup(summaries[n], path) for n in names]
         if all(v is None for v in values):
             continue
         cells = "".join(
-            f"{'' if v is None else f'{100 * v:.2f}':>{w}}"
-            for v, w in zip(values, widths, strict=True)
+            f"{_cell(value, values[0] if i else None):>{width}}"
+            for i, (value, width) in enumerate(zip(values, widths, strict=True))
         )
-        if len(names) > 1 and values[0] is not None and values[-1] is not None:
-            cells += f"{100 * (values[-1] - values[0]):>+10.2f}"
         lines.append(f"{label:<30}{cells}")
     return "\n".join(lines)
+
+
+def _cell(value: float | None, first: float | None) -> str:
+    if value is None:
+        return ""
+    if first is None:
+        return f"{100 * value:.2f}"
+    return f"{100 * value:.2f} ({100 * (value - first):+.2f})"
 
 
 def plot_protocols(

@@ -62,9 +62,17 @@ def test_report_table_keeps_long_model_names_apart() -> None:
         "finetuned",
         "finetuned",
         "(runs/cfp-anchored/manifest.json)",
-        "change",
     ]
-    assert row.split() == ["frontal-profile", "TAR@FAR=1e-3", "96.52", "96.96", "96.29", "-0.23"]
+    # Each candidate's change is against the first model, not against its neighbour.
+    assert row.split() == [
+        "frontal-profile",
+        "TAR@FAR=1e-3",
+        "96.52",
+        "96.96",
+        "(+0.44)",
+        "96.29",
+        "(-0.23)",
+    ]
     # Each figure ends under the end of its model's name.
-    assert row.index("96.29") + len("96.29") == header.index(long_name) + len(long_name)
+    assert row.index("(-0.23)") + len("(-0.23)") == header.index(long_name) + len(long_name)
     assert len(rule) == len(header)
